@@ -1,0 +1,139 @@
+"""Loading a checkpoint (synthetic or real) through from_pretrained with a BitsAndBytesConfig."""
+from __future__ import annotations
+
+import json
+
+from pathlib import Path
+
+from .errors import HarnessError
+from .families import ROLE_ORDER, FamilySpec
+from .recipe import Recipe
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Return the folder holding config.json: path itself, or the newest snapshot of a Hugging Face cache entry."""
+    path = Path(path).expanduser()
+    if not path.is_dir():
+        raise HarnessError(f"checkpoint folder {path} does not exist; give a folder with config.json and *.safetensors "
+                           "(a save_pretrained folder, or a models--ORG--NAME folder of the Hugging Face cache)")
+    if (path / "config.json").is_file():
+        return path
+    snapshots = path / "snapshots"
+    if snapshots.is_dir():
+        ref = path / "refs" / "main"
+        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
+            return snapshots / ref.read_text().strip()
+        found = sorted((p for p in snapshots.iterdir() if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
+        if found:
+            return found[-1]
+    raise HarnessError(f"checkpoint folder {path} has no config.json (nor a snapshots/ folder with one); "
+                       "point at the folder that save_pretrained wrote")
+
+
+def read_config(checkpoint: Path, family: FamilySpec):
+    """Return the checkpoint's config, raising if its architecture is not the family's."""
+    import transformers
+
+    expected = getattr(transformers, family.config_class).model_type
+    found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    if found != expected:
+        raise HarnessError(f"checkpoint {checkpoint} is a {found!r} model, but family {family.name} expects "
+                           f"model_type {expected!r}; pick the family that matches the checkpoint")
+    return transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+
+
+def meta_model(family: FamilySpec, config):
+    """Return the family's model built from config on the meta device: names and shapes, no weights."""
+    import torch
+    import transformers
+
+    with torch.device("meta"):
+        return getattr(transformers, family.model_class)(config)
+
+
+def check_roles(model, family: FamilySpec) -> dict[str, int]:
+    """Return the number of modules in each declared role; raise if a role's pattern matches nothing."""
+    counts = {role: 0 for role in family.roles}
+    for name, _ in model.named_modules():
+        role = family.role_of(name)
+        if role:
+            counts[role] += 1
+    empty = [role for role, n in counts.items() if n == 0]
+    if empty:
+        sample = ", ".join(n for n, _ in list(model.named_modules())[1:8])
+        raise HarnessError(
+            f"role {empty[0]} of family {family.name}: pattern {family.roles[empty[0]]!r} matches no module of "
+            f"{type(model).__name__} (module names look like: {sample}); fix the pattern in the family spec")
+    return counts
+
+
+def role_roots(model, family: FamilySpec, roles) -> list[str]:
+    """Return the shortest module names that cover exactly the modules of the given roles."""
+    below: dict[str, set] = {}
+    for name, _ in model.named_modules():  # each module's own role and the roles found beneath it
+        role = family.role_of(name) if name else None
+        parts = name.split(".") if name else []
+        for i in range(len(parts) + 1):
+            below.setdefault(".".join(parts[:i]), set()).add(role)
+    wanted = set(roles)
+    pure = {n for n, rs in below.items() if n and len(rs) == 1 and next(iter(rs)) in wanted}
+    return sorted(n for n in pure if n.rpartition(".")[0] not in pure)
+
+
+def bnb_config(recipe: Recipe, skip_modules: list[str]):
+    """Return the BitsAndBytesConfig of a recipe, or None when it loads 16-bit."""
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = recipe.quantization
+    if not q.load_in_4bit:
+        return None
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
+        bnb_4bit_quant_storage=getattr(torch, q.quant_storage),
+        llm_int8_skip_modules=skip_modules,
+    )
+
+
+def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, device: str = "cpu",
+               allow_pickle: bool = False, trust_remote_code: bool = False):
+    """Return the base model loaded from checkpoint per the recipe's quantization, frozen, roles verified."""
+    import torch
+    import transformers
+
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        if recipe.quantization.load_in_4bit:
+            raise HarnessError("4-bit loading needs bitsandbytes>=0.49; pip install 'bitsandbytes>=0.49'") from None
+    checkpoint = resolve_checkpoint(checkpoint)
+    config = read_config(checkpoint, family)
+    skeleton = meta_model(family, config)
+    check_roles(skeleton, family)
+    skip = role_roots(skeleton, family, recipe.quantization.keep_16bit)
+    del skeleton
+    if not allow_pickle and not any(checkpoint.glob("*.safetensors")):
+        raise HarnessError(f"checkpoint {checkpoint} has no *.safetensors file; convert it, or allow pickle "
+                           "weights explicitly (--allow-pickle) if you trust its source")
+    model = getattr(transformers, family.model_class).from_pretrained(
+        checkpoint,
+        quantization_config=bnb_config(recipe, skip),
+        dtype=getattr(torch, recipe.quantization.compute_dtype),
+        device_map={"": device},
+        use_safetensors=not allow_pickle or None,
+        trust_remote_code=trust_remote_code,
+        local_files_only=True,
+    )
+    model.requires_grad_(False)
+    check_roles(model, family)
+    return model
+
+
+def load_processor(checkpoint: str | Path, family: FamilySpec, trust_remote_code: bool = False):
+    """Return the checkpoint's processor (tokenizer + image processor), or its tokenizer for language models."""
+    from . import processors
+
+    return processors.load_processor(resolve_checkpoint(checkpoint), family, trust_remote_code)

@@ -1,0 +1,73 @@
+"""The whole path for one case: checkpoint -> 4-bit load -> training preparation -> LoRA, ready to audit and run."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import load, lora, synth
+from .families import FamilySpec, get_family
+from .recipe import Recipe
+
+
+@dataclass
+class Case:
+    """What to test: a family at a size under a recipe, from a synthetic or a given checkpoint."""
+
+    family: FamilySpec
+    size: str
+    recipe: Recipe
+    checkpoint: Path | None = None  # None: a synthetic checkpoint from the cache
+
+    @property
+    def id(self) -> str:
+        return self.recipe.test_id(self.size)
+
+
+@dataclass
+class Harnessed:
+    """A loaded case: the peft model, its processor, the LoRA targets and the trainable count they imply."""
+
+    case: Case
+    checkpoint: Path
+    processor: Any
+    model: Any
+    targets: list[str]
+    expected_trainable: int
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def case(family: str, size: str, recipe: Recipe, checkpoint: Path | None = None) -> Case:
+    """Return a Case, checking the family and size names."""
+    spec = get_family(family)
+    from .families import check_size
+
+    check_size(spec, size)
+    return Case(spec, size, recipe, checkpoint)
+
+
+def checkpoint_of(c: Case, cache_dir: Path, device: str = "cpu") -> Path:
+    """Return the checkpoint folder of a case, building the synthetic one if needed."""
+    if c.checkpoint is not None:
+        return load.resolve_checkpoint(c.checkpoint)
+    return synth.synthetic_checkpoint(c.family, c.size, cache_dir, device=device)
+
+
+def load_base(c: Case, cache_dir: Path, device: str = "cpu"):
+    """Return (checkpoint, base model) of a case, loaded per its recipe with no LoRA."""
+    folder = checkpoint_of(c, cache_dir, device)
+    return folder, load.load_model(folder, c.family, c.recipe, device=device)
+
+
+def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
+    """Return the case loaded in 4-bit, prepared for training as its recipe asks, with LoRA applied."""
+    folder, model = load_base(c, cache_dir, device)
+    targets = lora.lora_targets(model, c.family, c.recipe)
+    expected = lora.expected_trainable_params(model, targets, c.recipe)
+    model = lora.prepare_for_training(model, c.recipe)
+    model = lora.apply_lora(model, c.family, c.recipe, targets)
+    processor = load.load_processor(folder, c.family)
+    return Harnessed(c, folder, processor, model, targets, expected)

@@ -1,0 +1,180 @@
+"""Recipes are data: a YAML file of quantization, LoRA, training knobs and per-role expectations."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import HarnessError, did_you_mean
+from .families import ROLE_ORDER, get_family
+
+QUANT_TYPES = ("nf4", "fp4")
+DTYPES = ("bfloat16", "float16", "float32")
+STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
+WEIGHTS = ("4bit", "16bit")
+TRAIN = ("frozen", "lora")
+BACKENDS = ("peft", "unsloth")
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+@dataclass(frozen=True)
+class Quantization:
+    load_in_4bit: bool = True
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    compute_dtype: str = "bfloat16"
+    quant_storage: str = "uint8"
+    keep_16bit: tuple[str, ...] = ("head",)  # roles whose Linear layers stay 16-bit
+
+
+@dataclass(frozen=True)
+class Lora:
+    r: int = 64
+    alpha: float = 16
+    dropout: float = 0.1
+    target_roles: tuple[str, ...] = ("language_backbone",)
+    target_modules: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    use_rslora: bool = False
+    use_dora: bool = False
+
+
+@dataclass(frozen=True)
+class Training:
+    gradient_checkpointing: bool = True
+    batch_size: int = 1
+    image_size: int = 448  # pixels per side at full size; tiny models use their family's tiny image size
+    seq_len: int = 330
+    optimizer: str = "adamw_torch"
+    learning_rate: float = 2e-4
+    prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
+
+
+@dataclass(frozen=True)
+class Expectation:
+    weights: str  # "4bit" or "16bit"
+    train: str  # "frozen" or "lora"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    family: str
+    backend: str = "peft"
+    quantization: Quantization = field(default_factory=Quantization)
+    lora: Lora = field(default_factory=Lora)
+    training: Training = field(default_factory=Training)
+    expect: dict[str, Expectation] = field(default_factory=dict)
+    source: str = ""  # the file it came from
+
+    def test_id(self, size: str) -> str:
+        """Return a readable id such as 'qwen2.5-vl-tiny-nf4-dq-r64'."""
+        q = self.quantization
+        quant = f"{q.quant_type}{'-dq' if q.double_quant else ''}" if q.load_in_4bit else "bf16"
+        return f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}"
+
+    def replace(self, **sections: dict[str, Any]) -> "Recipe":
+        """Return a copy with fields of the named sections replaced, e.g. replace(lora={'r': 8})."""
+        changes = {name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()}
+        return dataclasses.replace(self, **changes)
+
+
+def _section(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise HarnessError(f"{where}: expected a mapping, found {type(data).__name__}")
+    known = {f.name for f in fields(cls)}
+    for key in data:
+        if key not in known:
+            raise HarnessError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
+    """Return a validated Recipe from parsed YAML data; raise HarnessError naming what is wrong."""
+    if not isinstance(data, dict):
+        raise HarnessError(f"{source}: a recipe is a mapping of sections, found {type(data).__name__}")
+    known = {f.name for f in fields(Recipe)} - {"source"}
+    for key in data:
+        if key not in known:
+            raise HarnessError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+    for key in ("name", "family"):
+        if key not in data:
+            raise HarnessError(f"{source}: missing required key {key!r}")
+    get_family(data["family"])
+    expect = {}
+    for role, exp in (data.get("expect") or {}).items():
+        expect[role] = _section(Expectation, exp, f"{source}: expect.{role}")
+    recipe = Recipe(
+        name=str(data["name"]),
+        family=data["family"],
+        backend=data.get("backend", "peft"),
+        quantization=_section(Quantization, data.get("quantization", {}), f"{source}: quantization"),
+        lora=_section(Lora, data.get("lora", {}), f"{source}: lora"),
+        training=_section(Training, data.get("training", {}), f"{source}: training"),
+        expect=expect,
+        source=source,
+    )
+    validate(recipe)
+    return recipe
+
+
+def _choice(value, allowed, what: str, where: str) -> None:
+    if value not in allowed:
+        raise HarnessError(f"{where}: {what} must be one of {', '.join(allowed)}, found {value!r}{did_you_mean(str(value), allowed)}")
+
+
+def validate(recipe: Recipe) -> None:
+    """Raise HarnessError if the recipe is malformed or contradicts itself."""
+    where = recipe.source or recipe.name
+    family = get_family(recipe.family)
+    roles = [r for r in ROLE_ORDER if r in family.roles]
+    q, lora, t = recipe.quantization, recipe.lora, recipe.training
+    _choice(recipe.backend, BACKENDS, "backend", where)
+    _choice(q.quant_type, QUANT_TYPES, "quantization.quant_type", where)
+    _choice(q.compute_dtype, DTYPES, "quantization.compute_dtype", where)
+    _choice(q.quant_storage, STORAGE_DTYPES, "quantization.quant_storage", where)
+    if not isinstance(lora.r, int) or isinstance(lora.r, bool) or lora.r <= 0:
+        raise HarnessError(f"{where}: lora.r must be a positive integer, found {lora.r!r}")
+    if not isinstance(lora.alpha, (int, float)) or lora.alpha <= 0:
+        raise HarnessError(f"{where}: lora.alpha must be positive, found {lora.alpha!r}")
+    if not 0 <= lora.dropout < 1:
+        raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
+    if not lora.target_modules:
+        raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
+    if t.batch_size < 1 or t.seq_len < 1 or t.image_size < 1:
+        raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
+    for what, names in (("quantization.keep_16bit", q.keep_16bit), ("lora.target_roles", lora.target_roles),
+                        ("expect", tuple(recipe.expect))):
+        for role in names:
+            _choice(role, roles, f"a role in {what} of family {family.name}", where)
+    for role, exp in recipe.expect.items():
+        _choice(exp.weights, WEIGHTS, f"expect.{role}.weights", where)
+        _choice(exp.train, TRAIN, f"expect.{role}.train", where)
+        if exp.weights == "4bit" and (not q.load_in_4bit or role in q.keep_16bit):
+            raise HarnessError(f"{where}: expect.{role}.weights is 4bit, but the recipe keeps {role} 16-bit "
+                               f"({'load_in_4bit is false' if not q.load_in_4bit else 'quantization.keep_16bit lists it'})")
+        targeted = role in lora.target_roles
+        if exp.train == "lora" and not targeted:
+            raise HarnessError(f"{where}: expect.{role}.train is lora, but lora.target_roles does not list {role}")
+        if exp.train == "frozen" and targeted:
+            raise HarnessError(f"{where}: expect.{role}.train is frozen, but lora.target_roles lists {role}")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    """Return the recipe in a YAML file; raise HarnessError if it is missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise HarnessError(f"recipe file {path} does not exist; give the path of a YAML recipe (see recipes/ for examples)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise HarnessError(f"{path}: not valid YAML: {e}") from None
+    return parse_recipe(data, source=str(path))
+
+
+def default_recipe(family_name: str) -> Recipe:
+    """Return the default recipe of a family, from recipes/."""
+    return load_recipe(RECIPES_DIR / get_family(family_name).default_recipe)

@@ -1,0 +1,85 @@
+"""Synthetic checkpoints: random weights from a family config, saved like a real checkpoint and built once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from filelock import FileLock
+
+from .atomic import staged_folder, write_json
+from .env import library_versions
+from .families import FamilySpec, check_size
+
+MARKER = "qlora-harness.json"  # written last: a folder without it was never finished
+CACHE_ENV = "QLORA_HARNESS_CACHE"
+# Libraries whose version changes what save_pretrained writes (weights, configs, tokenizer files).
+FORMAT_LIBRARIES = ("transformers", "tokenizers", "safetensors")
+
+
+def default_cache_dir(environ: os._Environ | dict = os.environ) -> Path:
+    """Return the checkpoint cache folder: $QLORA_HARNESS_CACHE, else the user's cache dir."""
+    if environ.get(CACHE_ENV):
+        return Path(environ[CACHE_ENV]).expanduser()
+    base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "qlora-harness"
+
+
+def make_config(family: FamilySpec, size: str):
+    """Return the transformers config of a family at a size."""
+    import transformers
+
+    check_size(family, size)
+    return getattr(transformers, family.config_class)(**family.sizes[size])
+
+
+def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:
+    """Return a short hash of the config, seed and the library versions that affect the saved format."""
+    import importlib.metadata as md
+
+    versions = {name: md.version(name) for name in FORMAT_LIBRARIES}
+    blob = json.dumps(
+        {"family": family.name, "model": family.model_class, "config": family.sizes[size], "seed": seed,
+         "versions": versions}, sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_complete(folder: Path) -> bool:
+    """Return whether folder holds a finished synthetic checkpoint."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
+    """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing."""
+    check_size(family, size)
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
+    if is_complete(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not is_complete(folder):  # another worker may have built it while we waited
+            with staged_folder(folder) as stage:
+                _build(family, size, stage, seed, device)
+    return folder
+
+
+def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> None:
+    import torch
+    import transformers
+
+    config = make_config(family, size)
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in 16-bit: an 8B model in fp32 would need twice the memory
+    try:
+        with torch.device(device):
+            model = getattr(transformers, family.model_class)(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
+    del model
+    family.write_processor(out, config)
+    write_json(out / MARKER, {"family": family.name, "size": size, "seed": seed, "versions": library_versions()})

@@ -1,0 +1,67 @@
+"""The smoke tier: `pytest -m smoke`. Every family at its tiny size under its default recipe, on CPU.
+
+Each case is loaded once per session (4-bit, prepared for training, LoRA applied); tests that change
+weights get a fresh load of their own, which takes a fraction of a second at tiny size.
+"""
+from __future__ import annotations
+
+import pytest
+
+from harness import pipeline
+from harness.families import FAMILIES
+from harness.recipe import default_recipe, load_recipe
+
+
+def smoke_cases(config) -> list[pipeline.Case]:
+    """Return the grid: each family's default recipe at tiny size, plus any --recipe files."""
+    cases = [pipeline.case(name, "tiny", default_recipe(name)) for name in FAMILIES]
+    for path in config.getoption("--recipe"):
+        recipe = load_recipe(path)
+        cases.append(pipeline.case(recipe.family, "tiny", recipe))
+    return cases
+
+
+def pytest_generate_tests(metafunc):
+    for fixture, keep in (("case", lambda c: True),
+                          ("vlm_case", lambda c: c.family.kind == "vlm"),
+                          ("generating_case", lambda c: c.family.generates),
+                          ("dual_case", lambda c: c.family.kind == "dual-encoder")):
+        if fixture in metafunc.fixturenames:
+            cases = [c for c in smoke_cases(metafunc.config) if keep(c)]
+            metafunc.parametrize(fixture, cases, ids=[c.id for c in cases], scope="session")
+
+
+_loaded: dict[str, pipeline.Harnessed] = {}
+
+
+def _shared(c: pipeline.Case, cache_dir) -> pipeline.Harnessed:
+    if c.id not in _loaded:
+        _loaded[c.id] = pipeline.harness(c, cache_dir)
+    return _loaded[c.id]
+
+
+@pytest.fixture(scope="session")
+def qlora(case, cache_dir) -> pipeline.Harnessed:
+    """The case loaded once for the session: read it, do not train it."""
+    return _shared(case, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def vlm(vlm_case, cache_dir) -> pipeline.Harnessed:
+    return _shared(vlm_case, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def generator(generating_case, cache_dir) -> pipeline.Harnessed:
+    return _shared(generating_case, cache_dir)
+
+
+@pytest.fixture(scope="session")
+def dual(dual_case, cache_dir) -> pipeline.Harnessed:
+    return _shared(dual_case, cache_dir)
+
+
+@pytest.fixture
+def fresh(case, cache_dir) -> pipeline.Harnessed:
+    """The case loaded anew, for tests that train or otherwise change the weights."""
+    return pipeline.harness(case, cache_dir)
