@@ -27,6 +27,14 @@ def pytest_addoption(parser):
                     help="a recipe YAML file to test in addition to the defaults (repeatable)")
     group.addoption("--checkpoint", default=None,
                     help="a local checkpoint folder (save_pretrained layout or Hugging Face cache entry) to test")
+    group.addoption("--update-baselines", action="store_true",
+                    help="write baselines/<gpu>/<case>.json from this run instead of comparing with them")
+    group.addoption("--baselines-dir", default=None,
+                    help="where baselines are read and written (default: baselines/ of this checkout)")
+    group.addoption("--gpu-budget", default=None,
+                    help="cap this process's GPU memory, e.g. 24GiB: does the recipe fit a smaller card?")
+    group.addoption("--evict-checkpoints", action="store_true",
+                    help="delete each full-size synthetic checkpoint once its tests are done (saves disk)")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -101,3 +101,17 @@ def example_batch(family: FamilySpec, processor, image_sizes: list[tuple[int, in
         return build_inputs(family, processor, [f"a photo of {c}" for c in captions], images)
     prompts = [PROMPT] * len(image_sizes)
     return build_inputs(family, processor, prompts, images, answers=captions if train else None)
+
+
+def sized_batch(family: FamilySpec, processor, batch_size: int, image_size: int, seq_len: int, device: str = "cpu"):
+    """Return a training batch of batch_size samples, image_size-pixel images, about seq_len tokens each."""
+    sizes = [(image_size, image_size)] * batch_size
+    if family.kind == DUAL_ENCODER:
+        return example_batch(family, processor, image_sizes=sizes).to(device)
+    probe = example_batch(family, processor, image_sizes=sizes[:1], train=True)
+    filler = max(1, seq_len - int(probe["input_ids"].shape[1]))
+    from .images import shape_image
+
+    images = [shape_image(w, h, seed=i) for i, (w, h) in enumerate(sizes)] if family.has_images else None
+    answers = ["a" * filler] * batch_size  # byte-level tokens: one per character
+    return build_inputs(family, processor, [PROMPT] * batch_size, images, answers=answers).to(device)

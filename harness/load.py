@@ -42,6 +42,22 @@ def read_config(checkpoint: Path, family: FamilySpec):
     return transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True)
 
 
+def detect_family(checkpoint: str | Path) -> FamilySpec:
+    """Return the family whose architecture a checkpoint's config.json names; raise if none does."""
+    import transformers
+
+    from .families import FAMILIES
+
+    checkpoint = resolve_checkpoint(checkpoint)
+    found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    for family in FAMILIES.values():
+        if getattr(transformers, family.config_class).model_type == found:
+            return family
+    known = ", ".join(getattr(transformers, f.config_class).model_type for f in FAMILIES.values())
+    raise HarnessError(f"checkpoint {checkpoint} has model_type {found!r}, which no family covers (known: {known}); "
+                       "add a family module for it")
+
+
 def meta_model(family: FamilySpec, config):
     """Return the family's model built from config on the meta device: names and shapes, no weights."""
     import torch

@@ -1,0 +1,66 @@
+"""Stored baselines: JSON per case under baselines/<GPU fingerprint>/, written only from a real run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .atomic import write_json
+from .errors import HarnessError
+
+BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
+MEMORY_TOLERANCE = 0.03  # relative: allocator rounding and kernel workspaces move peaks by a percent or two
+
+
+def baseline_path(root: Path, fingerprint: str, case_id: str) -> Path:
+    """Return where a case's baseline lives for a GPU fingerprint."""
+    return Path(root) / fingerprint / f"{case_id}.json"
+
+
+def read_baseline(path: Path) -> dict | None:
+    """Return a stored baseline, None if there is none; raise naming the file if it is corrupt."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HarnessError(f"baseline {path} is not valid JSON ({e}); recreate it with --update-baselines") from None
+    for key in ("case", "gpu", "versions", "figures"):
+        if key not in data:
+            raise HarnessError(f"baseline {path} lacks {key!r}; recreate it with --update-baselines")
+    return data
+
+
+def write_baseline(path: Path, record: dict) -> None:
+    """Write a baseline record atomically (a crash leaves the previous file intact)."""
+    write_json(path, record)
+
+
+def compare(measured: dict, baseline: dict, tolerance: float = MEMORY_TOLERANCE) -> list[str]:
+    """Return one message per figure that differs from the baseline: bytes beyond tolerance, statuses that differ."""
+    problems = []
+    base_figures, versions = baseline["figures"], baseline.get("versions", {})
+    for name, value in measured["figures"].items():
+        if name not in base_figures:
+            continue
+        old = base_figures[name]
+        if isinstance(value, str) or isinstance(old, str) or value is None or old is None:
+            bad = value != old
+        elif name.endswith("_bytes"):
+            bad = abs(value - old) > tolerance * max(abs(old), 1)
+        else:
+            continue  # times and ratios are recorded, not gated
+        if bad:
+            problems.append(
+                f"{measured['case']}: {name} measured {_fmt(value)} vs baseline {_fmt(old)}"
+                + (f" (tolerance {tolerance:.0%})" if name.endswith("_bytes") else "")
+                + f"; baseline versions {_versions(versions)}, measured versions {_versions(measured['versions'])}")
+    return problems
+
+
+def _fmt(value) -> str:
+    return f"{value / 2**30:.3f} GiB" if isinstance(value, int) and value > 2**20 else repr(value)
+
+
+def _versions(v: dict) -> str:
+    return ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "peft", "bitsandbytes", "unsloth") if k in v)

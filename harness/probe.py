@@ -1,0 +1,122 @@
+"""GPU memory and time of a loaded model: static VRAM, one training step's peak, OOM captured, budgets emulated."""
+from __future__ import annotations
+
+import gc
+import re
+import time
+from dataclasses import asdict, dataclass
+
+from .errors import HarnessError
+from .train import make_optimizer, train_step
+
+GiB = 2**30
+
+
+@dataclass
+class StepResult:
+    """One training step (forward, backward, optimizer step) at a batch size: ok or oom, and its memory."""
+
+    batch_size: int
+    status: str  # "ok" or "oom"
+    peak_allocated_bytes: int | None = None
+    peak_reserved_bytes: int | None = None
+    after_step_allocated_bytes: int | None = None  # static + adapters + optimizer state
+    step_time_ms: float | None = None
+    tokens: int | None = None
+    host_rss_bytes: int | None = None
+    error: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def parse_bytes(text: str) -> int:
+    """Return bytes from '24GiB', '16GB', '512MiB' or a plain number; raise naming the accepted forms."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(GiB|GB|MiB|MB|B)?\s*", str(text))
+    if not m:
+        raise HarnessError(f"memory size {text!r}: expected a number with GiB, GB, MiB or MB, e.g. 24GiB")
+    scale = {"GiB": GiB, "GB": 10**9, "MiB": 2**20, "MB": 10**6, "B": 1, None: 1}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+def apply_budget(budget_bytes: int | None, device: int = 0) -> None:
+    """Cap what this process may allocate on the GPU (None lifts the cap), so a big GPU answers 'does it fit N GiB'."""
+    import torch
+
+    total = torch.cuda.get_device_properties(device).total_memory
+    if budget_bytes is not None and budget_bytes > total:
+        raise HarnessError(f"GPU budget {budget_bytes / GiB:.1f} GiB exceeds the GPU's {total / GiB:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(1.0 if budget_bytes is None else budget_bytes / total, device)
+
+
+def release() -> None:
+    """Return freed tensors to the GPU: collect garbage and empty the caching allocator."""
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def static_memory() -> dict:
+    """Return the GPU memory held now: allocated and reserved bytes."""
+    import torch
+
+    torch.cuda.synchronize()
+    return {"allocated_bytes": torch.cuda.memory_allocated(), "reserved_bytes": torch.cuda.memory_reserved()}
+
+
+def host_rss_bytes() -> int:
+    """Return this process's resident host memory."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def is_oom(error: BaseException) -> bool:
+    """Return whether an exception is a GPU out-of-memory."""
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+
+
+def measure_step(model, batch, recipe) -> StepResult:
+    """Return the memory and time of one training step on batch; an OOM is recorded, its memory released."""
+    import torch
+
+    size = int(batch["input_ids"].shape[0]) if "input_ids" in batch else int(batch["pixel_values"].shape[0])
+    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
+    optimizer = make_optimizer(model, recipe)
+    release()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        start = time.perf_counter()
+        train_step(model, batch, optimizer)
+        torch.cuda.synchronize()
+        elapsed_ms = 1000 * (time.perf_counter() - start)
+        optimizer.zero_grad(set_to_none=True)
+        return StepResult(size, "ok", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
+                          torch.cuda.memory_allocated(), elapsed_ms, tokens, host_rss_bytes())
+    except Exception as e:  # noqa: BLE001 - only OOM is recorded; anything else propagates
+        if not is_oom(e):
+            raise
+        return StepResult(size, "oom", torch.cuda.max_memory_allocated(), torch.cuda.max_memory_reserved(),
+                          tokens=tokens, host_rss_bytes=host_rss_bytes(), error=str(e).splitlines()[0][:200])
+    finally:
+        optimizer.zero_grad(set_to_none=True)
+        for state in optimizer.state.values():
+            state.clear()
+        del optimizer
+        release()
+
+
+def largest_fitting_batch(model, make_batch, recipe, limit: int = 64) -> tuple[int, list[StepResult]]:
+    """Return the largest batch size (doubling from 1) whose step fits the current budget, and every step tried."""
+    tried, best, size = [], 0, 1
+    while size <= limit:
+        result = measure_step(model, make_batch(size), recipe)
+        tried.append(result)
+        if result.status != "ok":
+            break
+        best, size = size, size * 2
+    return best, tried

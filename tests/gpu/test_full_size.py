@@ -1,0 +1,74 @@
+"""Full-size models on a CUDA GPU: the smoke audits, VRAM against the NF4 minimum, steps by batch size, baselines."""
+import pytest
+
+from harness import baselines, env, inputs, load, pipeline, probe
+from harness.audit import audit
+from harness.recipe import default_recipe
+
+
+def test_full_size_roles_keep_the_recipe_and_only_lora_trains(gpu_profile):
+    assert gpu_profile.violations == []
+    assert gpu_profile.trainable_params == gpu_profile.expected_trainable_params > 0
+
+
+def test_static_vram_is_close_to_the_nf4_minimum(gpu_profile):
+    ratio = gpu_profile.figures["static_over_minimum"]
+    print(f"{gpu_profile.case.id}: static {gpu_profile.figures['static_allocated_bytes'] / 2**30:.2f} GiB, "
+          f"minimum {gpu_profile.figures['minimum_bytes'] / 2**30:.2f} GiB, ratio {ratio:.3f}")
+    assert 0.99 < ratio < 1.10
+
+
+def test_training_steps_run_with_checkpointing_as_the_recipe_asks(gpu_profile):
+    assert gpu_profile.gradient_checkpointing == gpu_profile.case.recipe.training.gradient_checkpointing
+    first = gpu_profile.steps[0]
+    assert first.status == "ok", first.error
+    assert first.peak_allocated_bytes > gpu_profile.figures["static_allocated_bytes"]
+
+
+def test_memory_matches_the_stored_baseline(gpu_profile, pytestconfig):
+    fingerprint = env.gpu_fingerprint()
+    root = pytestconfig.getoption("--baselines-dir") or baselines.BASELINES_DIR
+    path = baselines.baseline_path(root, fingerprint, gpu_profile.case.id)
+    record = gpu_profile.record()
+    if pytestconfig.getoption("--update-baselines"):
+        baselines.write_baseline(path, record)
+        assert baselines.read_baseline(path)["figures"] == record["figures"]
+        return
+    stored = baselines.read_baseline(path)
+    if stored is None:
+        pytest.skip(f"no baseline for {gpu_profile.case.id} on {fingerprint}: create it with "
+                    f"pytest -m gpu --update-baselines (writes {path})")
+    assert baselines.compare(record, stored) == []
+
+
+def test_an_oom_is_recorded_and_the_next_step_runs(budget, cache_dir):
+    case = pipeline.case("qwen2.5", "0.5b", default_recipe("qwen2.5"))
+    harnessed = pipeline.harness(case, cache_dir, device="cuda")
+    t = case.recipe.training
+
+    def batch(n):
+        return inputs.sized_batch(case.family, harnessed.processor, n, t.image_size, t.seq_len, "cuda")
+
+    try:
+        probe.apply_budget(probe.static_memory()["allocated_bytes"] + 512 * 2**20)  # 0.5 GiB above the weights
+        oom = probe.measure_step(harnessed.model, batch(64), case.recipe)
+        best, tried = probe.largest_fitting_batch(harnessed.model, batch, case.recipe)
+        probe.apply_budget(budget)
+        after = probe.measure_step(harnessed.model, batch(1), case.recipe)
+    finally:
+        probe.apply_budget(budget)
+        del harnessed
+        probe.release()
+    assert oom.status == "oom" and "out of memory" in oom.error.lower()
+    assert tried[-1].status == "oom" and 0 < best < 64
+    assert after.status == "ok"
+
+
+def test_a_user_checkpoint_runs_through_the_same_path(pytestconfig, cuda):
+    folder = pytestconfig.getoption("--checkpoint")
+    if not folder:
+        pytest.skip("no --checkpoint given: pass a local checkpoint folder to audit your own model")
+    family = load.detect_family(folder)
+    recipe = default_recipe(family.name)
+    model = load.load_model(folder, family, recipe, device="cuda")
+    assert audit(model, family, recipe, str(folder)).violations(recipe) == []
