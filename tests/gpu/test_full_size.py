@@ -15,7 +15,11 @@ def test_static_vram_is_close_to_the_nf4_minimum(gpu_profile):
     ratio = gpu_profile.figures["static_over_minimum"]
     print(f"{gpu_profile.case.id}: static {gpu_profile.figures['static_allocated_bytes'] / 2**30:.2f} GiB, "
           f"minimum {gpu_profile.figures['minimum_bytes'] / 2**30:.2f} GiB, ratio {ratio:.3f}")
-    assert 0.99 < ratio < 1.10
+    # Beyond the weights, a loaded model holds a few fixed allocations (about 64 MiB seen on an H200):
+    # allow 2% of the minimum plus 128 MiB.
+    extra = gpu_profile.figures["static_allocated_bytes"] - gpu_profile.figures["minimum_bytes"]
+    assert ratio > 0.99
+    assert extra < 0.02 * gpu_profile.figures["minimum_bytes"] + 128 * 2**20
 
 
 def test_training_steps_run_with_checkpointing_as_the_recipe_asks(gpu_profile):
@@ -50,7 +54,7 @@ def test_an_oom_is_recorded_and_the_next_step_runs(budget, cache_dir):
         return inputs.sized_batch(case.family, harnessed.processor, n, t.image_size, t.seq_len, "cuda")
 
     try:
-        probe.apply_budget(probe.static_memory()["allocated_bytes"] + 512 * 2**20)  # 0.5 GiB above the weights
+        probe.apply_budget(probe.static_memory()["allocated_bytes"] + 2 * 2**30)  # 2 GiB above the weights
         oom = probe.measure_step(harnessed.model, batch(64), case.recipe)
         best, tried = probe.largest_fitting_batch(harnessed.model, batch, case.recipe)
         probe.apply_budget(budget)
