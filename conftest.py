@@ -31,6 +31,8 @@ def pytest_addoption(parser):
                     help="write baselines/<gpu>/<case>.json from this run instead of comparing with them")
     group.addoption("--baselines-dir", default=None,
                     help="where baselines are read and written (default: baselines/ of this checkout)")
+    group.addoption("--results-dir", default=None,
+                    help="also write each GPU case's measured record here (any mode)")
     group.addoption("--gpu-budget", default=None,
                     help="cap this process's GPU memory, e.g. 24GiB: does the recipe fit a smaller card?")
     group.addoption("--evict-checkpoints", action="store_true",

@@ -9,6 +9,9 @@ from .errors import HarnessError
 
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 MEMORY_TOLERANCE = 0.03  # relative: allocator rounding and kernel workspaces move peaks by a percent or two
+# Figures that gate: GPU memory and OOM status. Times, ratios and host memory (which depends on what ran
+# earlier in the process) are recorded for reports, not compared.
+GATED_PREFIXES = ("static_allocated", "static_reserved", "peak_allocated", "peak_reserved", "status_")
 
 
 def baseline_path(root: Path, fingerprint: str, case_id: str) -> Path:
@@ -41,15 +44,13 @@ def compare(measured: dict, baseline: dict, tolerance: float = MEMORY_TOLERANCE)
     problems = []
     base_figures, versions = baseline["figures"], baseline.get("versions", {})
     for name, value in measured["figures"].items():
-        if name not in base_figures:
+        if name not in base_figures or not name.startswith(GATED_PREFIXES):
             continue
         old = base_figures[name]
         if isinstance(value, str) or isinstance(old, str) or value is None or old is None:
             bad = value != old
-        elif name.endswith("_bytes"):
-            bad = abs(value - old) > tolerance * max(abs(old), 1)
         else:
-            continue  # times and ratios are recorded, not gated
+            bad = abs(value - old) > tolerance * max(abs(old), 1)
         if bad:
             problems.append(
                 f"{measured['case']}: {name} measured {_fmt(value)} vs baseline {_fmt(old)}"

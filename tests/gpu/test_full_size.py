@@ -34,6 +34,8 @@ def test_memory_matches_the_stored_baseline(gpu_profile, pytestconfig):
     root = pytestconfig.getoption("--baselines-dir") or baselines.BASELINES_DIR
     path = baselines.baseline_path(root, fingerprint, gpu_profile.case.id)
     record = gpu_profile.record()
+    if pytestconfig.getoption("--results-dir"):
+        baselines.write_baseline(baselines.baseline_path(pytestconfig.getoption("--results-dir"), fingerprint, gpu_profile.case.id), record)
     if pytestconfig.getoption("--update-baselines"):
         baselines.write_baseline(path, record)
         assert baselines.read_baseline(path)["figures"] == record["figures"]
