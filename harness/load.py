@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from .errors import HarnessError
-from .families import ROLE_ORDER, FamilySpec
+from .families import FamilySpec
 from .recipe import Recipe
 
 

@@ -50,10 +50,10 @@ def test_memory_matches_the_stored_baseline(gpu_profile, pytestconfig):
 def test_an_oom_is_recorded_and_the_next_step_runs(budget, cache_dir):
     case = pipeline.case("qwen2.5", "0.5b", default_recipe("qwen2.5"))
     harnessed = pipeline.harness(case, cache_dir, device="cuda")
-    t = case.recipe.training
+    t, processor = case.recipe.training, harnessed.processor
 
     def batch(n):
-        return inputs.sized_batch(case.family, harnessed.processor, n, t.image_size, t.seq_len, "cuda")
+        return inputs.sized_batch(case.family, processor, n, t.image_size, t.seq_len, "cuda")
 
     try:
         probe.apply_budget(probe.static_memory()["allocated_bytes"] + 2 * 2**30)  # 2 GiB above the weights
