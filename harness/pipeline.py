@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import load, lora, synth
-from .families import FamilySpec, get_family
+from .families import FamilySpec, check_size, get_family
 from .recipe import Recipe
 
 
@@ -43,8 +43,6 @@ class Harnessed:
 def case(family: str, size: str, recipe: Recipe, checkpoint: Path | None = None) -> Case:
     """Return a Case, checking the family and size names."""
     spec = get_family(family)
-    from .families import check_size
-
     check_size(spec, size)
     return Case(spec, size, recipe, checkpoint)
 
@@ -62,12 +60,17 @@ def load_base(c: Case, cache_dir: Path, device: str = "cpu"):
     return folder, load.load_model(folder, c.family, c.recipe, device=device)
 
 
-def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
-    """Return the case loaded in 4-bit, prepared for training as its recipe asks, with LoRA applied."""
-    folder, model = load_base(c, cache_dir, device)
+def adapt(c: Case, model):
+    """Return (peft model, LoRA targets, expected trainable count): the base prepared for training, LoRA applied."""
     targets = lora.lora_targets(model, c.family, c.recipe)
     expected = lora.expected_trainable_params(model, targets, c.recipe)
     model = lora.prepare_for_training(model, c.recipe)
-    model = lora.apply_lora(model, c.family, c.recipe, targets)
+    return lora.apply_lora(model, c.family, c.recipe, targets), targets, expected
+
+
+def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
+    """Return the case loaded in 4-bit, prepared for training as its recipe asks, with LoRA applied."""
+    folder, model = load_base(c, cache_dir, device)
+    model, targets, expected = adapt(c, model)
     processor = load.load_processor(folder, c.family)
     return Harnessed(c, folder, processor, model, targets, expected)

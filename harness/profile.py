@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import inputs, load, lora, memory, pipeline, probe
+from . import inputs, load, memory, pipeline, probe
 from .audit import audit
 from .env import gpu_fingerprint, library_versions
 
@@ -43,9 +43,7 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
     load_time_s = time.perf_counter() - start
     static = probe.static_memory()
     minimum = memory.inventory_bytes(model, recipe.quantization.double_quant)
-    targets = lora.lora_targets(model, case.family, recipe)
-    expected = lora.expected_trainable_params(model, targets, recipe)
-    model = lora.apply_lora(model=lora.prepare_for_training(model, recipe), family=case.family, recipe=recipe, targets=targets)
+    model, _, expected = pipeline.adapt(case, model)
     base = model.get_base_model()
     with_adapters = probe.static_memory()
     report = audit(model, case.family, recipe, case.id)
