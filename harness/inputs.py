@@ -77,6 +77,18 @@ def check_placeholders(batch, config) -> None:
                 f"(t*h*w / merge_size^2), found {f}; build prompts with the processor so it expands the placeholders")
 
 
+def without_one_placeholder(batch, config):
+    """Return a copy of a one-sample VLM batch with its first image placeholder token removed: a mismatch to refuse."""
+    import torch
+
+    ids = batch["input_ids"][0]
+    first = int((ids == config.image_token_id).nonzero()[0])
+    broken = {k: v for k, v in batch.items() if k != "mm_token_type_ids"}  # per-token types would no longer line up
+    broken["input_ids"] = torch.cat([ids[:first], ids[first + 1:]])[None]
+    broken["attention_mask"] = batch["attention_mask"][:, 1:]
+    return type(batch)(broken)
+
+
 PROMPT = "What colour and shape is in the picture?"
 CAPTIONS = ("a red circle", "a blue square", "a green triangle", "a yellow circle")
 

@@ -20,12 +20,7 @@ def test_placeholder_tokens_equal_the_merged_patch_count(vlm):
 
 
 def test_a_placeholder_mismatch_is_a_clear_error(vlm):
-    batch = inputs.example_batch(vlm.case.family, vlm.processor)
-    ids = batch["input_ids"][0]
-    first = int((ids == vlm.config.image_token_id).nonzero()[0])
-    batch["input_ids"] = torch.cat([ids[:first], ids[first + 1:]])[None]
-    batch["attention_mask"] = batch["attention_mask"][:, 1:]
-    batch.pop("mm_token_type_ids", None)
+    batch = inputs.without_one_placeholder(inputs.example_batch(vlm.case.family, vlm.processor), vlm.config)
 
     with pytest.raises(HarnessError, match=r"sample 0: expected 4 image placeholder tokens .* found 3"):
         inputs.check_placeholders(batch, vlm.config)
