@@ -1,0 +1,132 @@
+"""Collect the facts of recipes in this interpreter: `python -m harness.gate.collect --recipe R --out facts.json`.
+
+The gate runs this module in the reference and in the candidate interpreter, with the same harness code on
+PYTHONPATH, and compares the two JSON files. `--describe` writes only what the environment is (versions,
+CUDA), which the gate needs before it decides who builds the synthetic checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import traceback
+from pathlib import Path
+
+FORMAT = 1  # bump when the facts layout changes; the gate refuses to compare files of different formats
+
+
+def describe() -> dict:
+    """Return what this environment is: interpreter, library versions, CUDA, and where the harness was imported from."""
+    import importlib.metadata as md
+
+    import harness
+
+    from ..env import gpu_fingerprint, has_cuda, library_versions
+    from ..synth import FORMAT_LIBRARIES
+
+    versions = library_versions()
+    for name in FORMAT_LIBRARIES:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    # A +cpu build of torch has no CUDA: say so without importing torch (seconds, in every describe).
+    torch_version = versions.get("torch") or ""
+    cuda = bool(torch_version) and not torch_version.endswith("+cpu") and has_cuda()
+    return {"format": FORMAT, "python": sys.executable, "versions": versions, "cuda": cuda,
+            "gpu": gpu_fingerprint() if cuda else None, "harness": str(Path(harness.__file__).resolve().parent)}
+
+
+def plan_cases(recipe_paths: list[str], size: str, checkpoints: dict[str, str]) -> dict:
+    """Return {case key: Case} for the recipe files (every family's default when none), keyed by readable case ids."""
+    from .. import pipeline
+    from ..families import FAMILIES
+    from ..recipe import default_recipe, load_recipe
+
+    recipes = [load_recipe(p) for p in recipe_paths] or [default_recipe(name) for name in FAMILIES]
+    cases = [pipeline.case(r.family, size, r, checkpoint=Path(checkpoints[r.family]) if r.family in checkpoints else None)
+             for r in recipes]
+    ids = [c.id for c in cases]
+    keyed = {}
+    for c in cases:
+        key = c.id if ids.count(c.id) == 1 else f"{c.id} [{c.recipe.name}]"
+        if key in keyed:
+            from ..errors import HarnessError
+
+            raise HarnessError(f"recipe {c.recipe.source} is given twice (case {key}); give each recipe once")
+        keyed[key] = c
+    return keyed
+
+
+def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: dict[str, str], device: str,
+            memory_skip: str | None, prepare: bool = False) -> dict:
+    """Return the facts of every case; a case that raises is recorded with its error, and the others still run.
+
+    prepare=True only builds (or finds) each case's checkpoint and records its folder, for the other side to load.
+    """
+    from .. import pipeline
+    from .facts import case_facts
+
+    import time
+
+    result = {**describe(), "device": device, "size": size, "cases": {}}
+    if memory_skip is None and not result["cuda"]:
+        memory_skip = "no CUDA GPU"
+    for key, c in plan_cases(recipe_paths, size, checkpoints).items():
+        entry = {"family": c.family.name, "recipe": c.recipe.name, "source": c.recipe.source, "error": None}
+        start = time.perf_counter()
+        try:
+            entry["checkpoint"] = str(pipeline.checkpoint_of(c, cache_dir, device))
+            entry["facts"] = [] if prepare else case_facts(c, cache_dir, device, memory_skip)
+        except Exception as e:  # noqa: BLE001 - a broken case is a fact about this environment, not a crash
+            where = traceback.extract_tb(e.__traceback__)[-1]
+            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} " \
+                             f"(at {Path(where.filename).name}:{where.lineno})"
+            entry["facts"] = []
+            traceback.print_exc()
+        entry["seconds"] = round(time.perf_counter() - start, 2)
+        result["cases"][key] = entry
+    return result
+
+
+def _checkpoint_arg(text: str) -> tuple[str, str]:
+    family, sep, folder = text.partition("=")
+    if not sep or not family or not folder:
+        raise argparse.ArgumentTypeError(f"expected FAMILY=FOLDER, found {text!r}")
+    return family, folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the collector; return the exit status (2 for bad input)."""
+    from ..atomic import write_json
+    from ..errors import HarnessError
+
+    p = argparse.ArgumentParser(prog="python -m harness.gate.collect", description=__doc__.splitlines()[0])
+    p.add_argument("--out", required=True, help="the JSON file to write")
+    p.add_argument("--describe", action="store_true", help="write only what this environment is")
+    p.add_argument("--recipe", action="append", default=[], help="a recipe file (repeatable; default: every family's)")
+    p.add_argument("--size", default="tiny")
+    p.add_argument("--cache-dir", default=None, help="synthetic checkpoint cache (default: $QLORA_HARNESS_CACHE or ~/.cache)")
+    p.add_argument("--checkpoint", action="append", default=[], type=_checkpoint_arg,
+                   help="FAMILY=FOLDER: use this checkpoint for the family instead of building one (repeatable)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--skip-memory", default=None, metavar="REASON", help="do not profile GPU memory, and say why")
+    p.add_argument("--prepare", action="store_true", help="only build the checkpoints and record their folders")
+    args = p.parse_args(argv)
+    try:
+        if args.describe:
+            write_json(Path(args.out), describe())
+            return 0
+        from ..synth import default_cache_dir
+
+        cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+        facts = collect(args.recipe, args.size, cache_dir, dict(args.checkpoint), args.device, args.skip_memory,
+                        args.prepare)
+    except HarnessError as e:
+        print(f"harness.gate.collect: error: {e}", file=sys.stderr)
+        return 2
+    write_json(Path(args.out), facts)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""`qlora-harness gate`: collect the facts in both environments, compare them, write the verdict, exit 1 on a regression."""
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import HarnessError
+from . import compare, envs, verdict
+
+DEFAULT_OUT = "gate-verdict"
+
+
+def add_arguments(p) -> None:
+    """Add the gate's options to an argparse parser."""
+    side = ("a python executable or virtualenv folder, or requirement specs (e.g. transformers==4.57.1 peft==0.17.1) "
+            "for a venv the gate builds over this interpreter and caches; default: this interpreter")
+    p.add_argument("--reference", nargs="+", metavar="PYTHON|SPEC", help=f"the environment trusted now: {side}")
+    p.add_argument("--candidate", nargs="+", metavar="PYTHON|SPEC", help=f"the environment to vet: {side}")
+    p.add_argument("--recipe", action="append", default=[], metavar="PATH",
+                   help="a recipe YAML whose expectations are checked (repeatable; default: every family's default recipe)")
+    p.add_argument("--size", default="tiny", help="model size to build the synthetic checkpoints at (default: tiny, CPU)")
+    p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where verdict.md and verdict.json go (default: {DEFAULT_OUT})")
+    p.add_argument("--tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
+                   help="logits: allowed max |Δ| as a share of the reference logits' standard deviation (default: 0.05)")
+    p.add_argument("--cache-dir", default=None, help="synthetic checkpoints and built venvs (default: $QLORA_HARNESS_CACHE "
+                                                     "or ~/.cache/qlora-harness)")
+
+
+class _CollectorFailed(Exception):
+    def __init__(self, side: str, message: str, partial: dict[str, dict]):
+        super().__init__(message)
+        self.side, self.partial = side, partial  # what the other side wrote, for the verdict's versions
+
+
+def _validate(args) -> list[str]:
+    """Return the recipe files to gate, checked here so bad input stops before any environment is built."""
+    from ..families import FAMILIES, check_size, get_family
+    from ..recipe import RECIPES_DIR, load_recipe
+
+    if not 0 < args.tolerance < 1:
+        raise HarnessError(f"--tolerance {args.tolerance}: expected a share of the logits' spread between 0 and 1, e.g. 0.05")
+    if args.reference is None and args.candidate is None:
+        raise HarnessError("the gate compares two environments: give --candidate (and --reference, which otherwise is "
+                           "this interpreter), e.g. --reference transformers==4.57.1")
+    paths = [str(Path(p).absolute()) for p in args.recipe] or [str(RECIPES_DIR / get_family(n).default_recipe) for n in FAMILIES]
+    for path in paths:
+        check_size(get_family(load_recipe(path).family), args.size)
+    return paths
+
+
+def _environment(tokens, name: str, cache_dir: Path) -> envs.Environment:
+    if tokens is None:
+        return envs.Environment(Path(sys.executable))
+    python, specs = envs.parse_side(tokens, name)
+    return envs.Environment(python) if python else envs.venv_for(specs, cache_dir, say=_say)
+
+
+def _say(message: str) -> None:
+    print(f"qlora-harness gate: {message}", file=sys.stderr, flush=True)
+
+
+def _collect(step: str, sides: dict[str, envs.Environment], args: list[str], out: Path, pythonpath: Path,
+             parallel: bool = False, extra: dict[str, list[str]] | None = None) -> dict[str, dict]:
+    """Run one step of the collector (describe, prepare or collect) in the named sides; return each one's JSON."""
+    files = {name: out / "facts" / f"{name}-{step}.json" for name in sides}
+    logs = {name: out / "logs" / f"{name}-{step}.log" for name in sides}
+    for name, env in sides.items():
+        _say(f"{step}: {name} ({env.label}), log {logs[name]}")
+        files[name].unlink(missing_ok=True)
+    jobs = [(env, ["--out", str(files[n]), *args, *(extra or {}).get(n, [])], logs[n]) for n, env in sides.items()]
+    statuses = dict(zip(sides, envs.run_collectors(jobs, pythonpath, parallel)))
+    ours = str((envs.harness_path(pythonpath) / "harness").resolve())
+    results = {}
+    for name in sorted(sides, key=lambda n: n != "reference"):  # a broken reference is reported first
+        if statuses[name] != 0 or not files[name].is_file():
+            raise _CollectorFailed(name, f"the {name} environment ({sides[name].label}) could not run the harness "
+                                         f"collector (exit status {statuses[name]}); {logs[name]} ends:\n"
+                                         f"{envs.log_tail(logs[name])}", results)
+        results[name] = json.loads(files[name].read_text())
+        if results[name].get("harness") != ours:
+            raise HarnessError(f"the {name} environment imported the harness from {results[name].get('harness')}, "
+                               f"not {ours}; both sides must run this checkout's code")
+    return results
+
+
+def checkpoint_builder(ref: dict, cand: dict) -> tuple[str, str]:
+    """Return which side builds the shared checkpoints, and why: the older transformers (newer ones load its files)."""
+    from packaging.version import Version
+
+    old, new = ref["versions"].get("transformers"), cand["versions"].get("transformers")
+    if old and new and Version(new) < Version(old):
+        return "candidate", (f"synthetic checkpoints built once by the candidate (transformers {new}) and loaded by both: "
+                             f"files saved by a newer transformers may not load in an older one")
+    return "reference", (f"synthetic checkpoints built once by the reference (transformers {old}) and loaded by both"
+                         + ("" if old == new else ": files saved by a newer transformers may not load in an older one"))
+
+
+def device_for(ref: dict, cand: dict) -> tuple[str, str | None]:
+    """Return the device the checks run on and, when GPU memory is not measured, why."""
+    if ref["cuda"] and cand["cuda"]:
+        return "cuda", None
+    lacking = [n for n, d in (("reference", ref), ("candidate", cand)) if not d["cuda"]]
+    return "cpu", "no CUDA GPU" if len(lacking) == 2 else f"no CUDA GPU in the {lacking[0]} environment"
+
+
+def run(args) -> int:
+    """Run the gate; return 0 when the candidate keeps every check, 1 on a regression (HarnessError for bad input)."""
+    from ..synth import default_cache_dir
+
+    recipes = _validate(args)
+    cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    sides = {"reference": _environment(args.reference, "reference", cache_dir),
+             "candidate": _environment(args.candidate, "candidate", cache_dir)}
+    out = Path(args.out)
+    for name in verdict.FILES:  # a verdict left from an earlier run must not pass for this one's
+        (out / name).unlink(missing_ok=True)
+    described: dict[str, dict] = {}
+    note = ""
+    with tempfile.TemporaryDirectory(prefix="qlora-gate-path-") as tmp:
+        pythonpath = envs.harness_path(Path(tmp))
+        try:
+            described = _collect("describe", sides, ["--describe"], out, pythonpath, parallel=True)
+            builder, note = checkpoint_builder(described["reference"], described["candidate"])
+            device, memory_skip = device_for(described["reference"], described["candidate"])
+            common = ["--size", args.size, "--cache-dir", str(cache_dir), "--device", device,
+                      *(["--skip-memory", memory_skip] if memory_skip else []), *[a for r in recipes for a in ("--recipe", r)]]
+            prepared = _collect("prepare", {builder: sides[builder]}, common + ["--prepare"], out, pythonpath)[builder]
+            shared = dict.fromkeys(f"{e['family']}={e['checkpoint']}" for e in prepared["cases"].values() if e.get("checkpoint"))
+            # On CPU nothing is timed, so both sides run at once; GPU memory and times need the machine to themselves.
+            facts = _collect("collect", sides, common + [a for pair in shared for a in ("--checkpoint", pair)], out, pythonpath,
+                             parallel=memory_skip is not None)
+            rows = compare.compare(facts["reference"], facts["candidate"], args.tolerance)
+        except _CollectorFailed as e:
+            if e.side == "reference":
+                raise HarnessError(f"{e}\nfix the reference environment first: the gate has nothing to compare against") from None
+            described = described or e.partial
+            rows = [compare.Row("*", "environment runs the harness", compare.FAIL, "ran", "failed", str(e))]
+    result = verdict.build(rows, *(verdict.side(sides[n].label, described.get(n, {})) for n in ("reference", "candidate")),
+                           tolerance=args.tolerance, notes=[note] if note else [])
+    md_path, _ = verdict.write(out, result)
+    c = result["counts"]
+    print(f"qlora-harness gate: {result['verdict'].upper()}: {c['fail']} fail, {c['changed']} changed, {c['pass']} pass, "
+          f"{c['skipped']} skipped; verdict in {md_path} and verdict.json")
+    for row in rows:
+        if row.status == compare.FAIL:
+            print(f"  FAIL {row.case}, {row.check}: {row.message}")
+    return 1 if compare.regressed(rows) else 0

@@ -1,0 +1,163 @@
+"""Two fact files in, verdict rows out: each check pass, changed, fail or skipped, with both values and the cause.
+
+  fail     the candidate breaks a check, a value that must match differs, logits leave the tolerance, GPU memory
+           leaves the baselines' tolerance, or a case that runs in the reference raises in the candidate
+  changed  both keep the check but a value moved (a renamed parameter, other greedy tokens, a slower step)
+  pass     same value, or the same within tolerance
+  skipped  not measured (GPU memory without CUDA)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from ..errors import HarnessError
+from .facts import CHECK, FIGURE, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, decode
+
+PASS, CHANGED, FAIL, SKIP = "pass", "changed", "fail", "skipped"
+STATUSES = (FAIL, CHANGED, PASS, SKIP)
+DEFAULT_TOLERANCE = 0.05  # logits: max |Δ| as a share of the reference logits' standard deviation
+FIGURE_TOLERANCE = 0.25  # recorded GPU figures (times, host memory) flagged as changed beyond this relative move
+SHOW = 3  # names quoted from a list that differs
+
+
+@dataclass
+class Row:
+    """One line of a verdict."""
+
+    case: str
+    check: str
+    status: str
+    reference: str
+    candidate: str
+    message: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def compare(reference: dict, candidate: dict, tolerance: float = DEFAULT_TOLERANCE) -> list[Row]:
+    """Return the verdict rows of two fact files (reference first), case by case in the reference's order."""
+    if reference.get("format") != candidate.get("format"):
+        raise HarnessError(f"fact files of different formats ({reference.get('format')} vs {candidate.get('format')}): "
+                           "both sides must run the same harness code")
+    versions = (reference.get("versions", {}), candidate.get("versions", {}))
+    rows = []
+    ref_cases, cand_cases = reference["cases"], candidate["cases"]
+    for key in list(ref_cases) + [k for k in cand_cases if k not in ref_cases]:
+        rows += _case_rows(key, ref_cases.get(key), cand_cases.get(key), tolerance, versions)
+    return rows
+
+
+def _case_rows(key: str, ref: dict | None, cand: dict | None, tolerance: float, versions) -> list[Row]:
+    if ref is None or cand is None:
+        side = "reference" if ref is None else "candidate"
+        return [Row(key, "case runs", FAIL, "absent" if ref is None else "ran", "absent" if cand is None else "ran",
+                    f"{key}: the {side} collected no facts for this case")]
+    if ref.get("error") or cand.get("error"):
+        if not cand.get("error"):
+            return [Row(key, "case runs", FAIL, "raised", "ran",
+                        f"{key}: the reference raised {ref['error']}; nothing to compare the candidate against")]
+        also = f" (the reference raised too: {ref['error']})" if ref.get("error") else ""
+        return [Row(key, "case runs", FAIL, "raised" if ref.get("error") else "ran", "raised",
+                    f"{key}: the candidate raised {cand['error']}{also}")]
+    ref_facts = {f["check"]: f for f in ref["facts"]}
+    cand_facts = {f["check"]: f for f in cand["facts"]}
+    rows = []
+    for check in list(ref_facts) + [c for c in cand_facts if c not in ref_facts]:
+        r, c = ref_facts.get(check), cand_facts.get(check)
+        if r is None or c is None:
+            rows.append(Row(key, check, CHANGED, r["shown"] if r else "absent", c["shown"] if c else "absent",
+                            f"{check} of {key}: only the {'candidate' if r is None else 'reference'} reports it"))
+        else:
+            rows.append(compare_fact(key, r, c, tolerance, versions))
+    return rows
+
+
+def compare_fact(key: str, ref: dict, cand: dict, tolerance: float = DEFAULT_TOLERANCE, versions=({}, {})) -> Row:
+    """Return the row of one check: the two facts judged by their kind."""
+    check = ref["check"]
+    row = Row(key, check, PASS, ref["shown"], cand["shown"])
+    if SKIPPED in (ref["kind"], cand["kind"]):
+        row.status, row.message = SKIP, "; ".join(dict.fromkeys(f["shown"] for f in (ref, cand) if f["kind"] == SKIPPED))
+    elif ref["kind"] == CHECK:
+        _judge_check(row, ref, cand)
+    elif ref["kind"] == LOGITS:
+        _judge_logits(row, ref["value"], cand["value"], tolerance)
+    elif ref["kind"] == TOKENS:
+        if ref["value"] != cand["value"]:
+            row.status = CHANGED
+            row.message = (f"greedy tokens of {key} differ from the reference's (random weights make near-ties common; "
+                           "the logits row says whether the outputs moved beyond the tolerance)")
+    elif ref["kind"] in (MEMORY, STATUS):
+        _judge_memory(row, ref, cand, versions)
+    elif ref["kind"] == FIGURE:
+        old, new = ref["value"], cand["value"]
+        if isinstance(old, (int, float)) and isinstance(new, (int, float)) and old:
+            if abs(new / old - 1) > FIGURE_TOLERANCE:
+                row.status, row.message = CHANGED, f"{check} of {key}: {ref['shown']} → {cand['shown']} ({new / old - 1:+.0%})"
+        elif old != new:
+            row.status, row.message = CHANGED, f"{check} of {key}: {ref['shown']} → {cand['shown']}"
+    return row
+
+
+def _judge_check(row: Row, ref: dict, cand: dict) -> None:
+    if not cand["ok"]:
+        also = f"; the reference breaks it too: {ref['problems'][0]}" if not ref["ok"] else f" (reference: {ref['shown']})"
+        row.status, row.message = FAIL, "; ".join(cand["problems"]) + also
+    elif not ref["ok"]:
+        row.status, row.message = CHANGED, f"fixed in the candidate; the reference broke it: {'; '.join(ref['problems'])}"
+    elif ref["value"] != cand["value"]:
+        if cand.get("must_match"):
+            row.status = FAIL
+            row.message = f"{row.check} of {row.case}: reference {ref['shown']}, candidate {cand['shown']}"
+        else:
+            row.status, row.message = CHANGED, f"{row.check} of {row.case}: {_difference(ref, cand)}"
+
+
+def _difference(ref: dict, cand: dict) -> str:
+    old, new = ref["value"], cand["value"]
+    if isinstance(old, list) and isinstance(new, list):
+        gone, came = [x for x in old if x not in new], [x for x in new if x not in old]
+        return (f"{len(gone)} only in the reference ({', '.join(map(str, gone[:SHOW]))}), "
+                f"{len(came)} only in the candidate ({', '.join(map(str, came[:SHOW]))})")
+    if isinstance(old, dict) and isinstance(new, dict):
+        moved = [f"{k} {old.get(k)} → {new.get(k)}" for k in dict.fromkeys([*old, *new]) if old.get(k) != new.get(k)]
+        return ", ".join(moved)
+    return f"reference {ref['shown']}, candidate {cand['shown']}"
+
+
+def _judge_logits(row: Row, old: dict, new: dict, tolerance: float) -> None:
+    if old["shape"] != new["shape"]:
+        row.status = FAIL
+        row.message = f"logits of {row.case}: shape {tuple(old['shape'])} in the reference, {tuple(new['shape'])} in the candidate"
+        return
+    ref, cand = decode(old["float32_base64"], old["shape"]), decode(new["float32_base64"], new["shape"])
+    spread = float(ref.std()) or 1.0
+    diff = float(abs(cand.astype("f8") - ref.astype("f8")).max()) if ref.size else 0.0
+    row.reference = f"shape {tuple(old['shape'])}, std {spread:.4g}"
+    row.candidate = "identical" if diff == 0 else f"max |Δ| {diff:.4g} ({diff / spread:.2%} of std)"
+    if diff > tolerance * spread:
+        row.status = FAIL
+        row.message = (f"logits of {row.case}: the candidate differs from the reference by max |Δ| {diff:.4g}, "
+                       f"{diff / spread:.1%} of the reference logits' standard deviation {spread:.4g} "
+                       f"(tolerance {tolerance:.1%}) on the same checkpoint and inputs")
+
+
+def _judge_memory(row: Row, ref: dict, cand: dict, versions) -> None:
+    from ..baselines import compare as compare_baseline
+
+    name = row.check.removeprefix("gpu ")
+    problems = compare_baseline({"case": row.case, "versions": versions[1], "figures": {name: cand["value"]}},
+                                {"figures": {name: ref["value"]}, "versions": versions[0]})
+    if problems:
+        row.status, row.message = FAIL, "; ".join(problems).replace("baseline", "reference").replace("measured", "candidate")
+
+
+def counts(rows: list[Row]) -> dict[str, int]:
+    """Return how many rows have each status."""
+    return {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
+
+
+def regressed(rows: list[Row]) -> bool:
+    """Return whether any row fails."""
+    return any(r.status == FAIL for r in rows)
