@@ -14,7 +14,15 @@ from pathlib import Path
 
 import pytest
 
+from harness import isolation
+from harness.errors import HarnessError
 from harness.synth import default_cache_dir
+
+# pytest-xdist workers share the cores: give each worker its share of torch threads rather than every core
+# (oversubscribed, `-n 2` on a 2-core machine ran six times slower than serially). Set before torch is imported.
+_xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+if _xdist_workers:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _xdist_workers)))
 
 TIERS = {"smoke": "smoke", "gpu": "gpu", "bench": "benchmark"}
 
@@ -37,6 +45,40 @@ def pytest_addoption(parser):
                     help="cap this process's GPU memory, e.g. 24GiB: does the recipe fit a smaller card?")
     group.addoption("--evict-checkpoints", action="store_true",
                     help="delete each full-size synthetic checkpoint once its tests are done (saves disk)")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    # --dist loadgroup under -n N: the tests of one smoke case share a worker (xdist_group), so its model loads
+    # once. Set only when -n is given, never in addopts: pytest-benchmark switches itself off whenever --dist is set.
+    if getattr(config.option, "numprocesses", None) and getattr(config.option, "dist", "no") == "no":
+        config.option.dist = "loadgroup"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    # Workers parse the command line, not the controller's options: tell them to mark tests with their group.
+    node.workerinput["loadgroup"] = node.config.option.dist == "loadgroup"
+
+
+def pytest_configure(config):
+    if getattr(config, "workerinput", {}).get("loadgroup"):
+        config.option.loadgroup = True  # read by pytest-xdist's worker when it names tests for scheduling
+    # A bad --recipe file is a usage error: its message and a non-zero exit, not a traceback at collection.
+    from harness.recipe import load_recipe
+
+    for path in config.getoption("--recipe"):
+        try:
+            load_recipe(path)
+        except HarnessError as e:
+            raise pytest.UsageError(f"--recipe {path}: {e}") from None
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item):
+    # After a test and its fixtures are torn down: drop the frames a failure keeps alive and, on the GPU tier,
+    # return the memory, so that one failing or out-of-memory test does not starve the rest of the session.
+    isolation.after_test(on_gpu=item.get_closest_marker("gpu") is not None)
 
 
 def pytest_collection_modifyitems(config, items):

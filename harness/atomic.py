@@ -1,6 +1,10 @@
-"""Writes that are all or nothing: a crash leaves the previous file or folder intact."""
+"""Writes that are all or nothing: a crash leaves the previous file or folder intact.
+
+Every record and report the harness writes passes through here, so this is also where secrets are redacted.
+"""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -9,10 +13,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .redact import scrub
+
+PARTIAL = ".partial"  # suffix of a folder being filled
+
 
 def write_text(path: Path, text: str) -> None:
-    """Write text to path through a temporary file and an atomic rename."""
-    path = Path(path)
+    """Write text, secrets redacted, to path through a temporary file and an atomic rename."""
+    path, text = Path(path), scrub(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -33,15 +41,25 @@ def write_json(path: Path, data) -> None:
 
 @contextmanager
 def staged_folder(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces final in one rename, on error it is removed."""
+    """Yield a temporary sibling folder to fill; on success it replaces final by renames, on error it is removed."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".partial"))
+    stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=PARTIAL))
     try:
         yield stage
-        if final.exists():
-            shutil.rmtree(final)
+        # Move the previous folder aside in one rename rather than deleting it in place: a crash halfway
+        # through a delete would leave a folder that still looks finished but lacks some of its files.
+        old = stage.with_suffix(".old") if final.exists() else None
+        if old:
+            os.replace(final, old)
         os.replace(stage, final)
+        if old:
+            shutil.rmtree(old, ignore_errors=True)
     finally:
         if stage.exists():
             shutil.rmtree(stage, ignore_errors=True)
+
+
+def leftovers(folder: Path, name: str) -> list[Path]:
+    """Return the temporary files and folders an interrupted write of folder/name left behind."""
+    return sorted(Path(folder).glob(f".{glob.escape(name)}.*"))

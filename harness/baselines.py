@@ -1,4 +1,9 @@
-"""Stored baselines: JSON per case under baselines/<GPU fingerprint>/, written only from a real run."""
+"""Stored baselines: JSON per case under baselines/<GPU fingerprint>/, written only from a real run.
+
+A baseline gates only the GPU it was recorded on: compared with a run on another GPU it is refused, naming
+both. A baseline from other library versions is compared all the same (finding what an upgrade changed is
+the point), and each mismatch says which versions differ.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +16,7 @@ BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 MEMORY_TOLERANCE = 0.03  # relative: allocator rounding and kernel workspaces move peaks by a percent or two
 # Figures that gate: GPU memory and OOM status. Times, ratios and host memory (which depends on what ran
 # earlier in the process) are recorded for reports, not compared.
+COMPARED = ("torch", "transformers", "peft", "bitsandbytes", "unsloth")  # the versions a mismatch names
 GATED_PREFIXES = ("static_allocated", "static_reserved", "peak_allocated", "peak_reserved", "status_")
 
 
@@ -28,9 +34,14 @@ def read_baseline(path: Path) -> dict | None:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise HarnessError(f"baseline {path} is not valid JSON ({e}); recreate it with --update-baselines") from None
-    for key in ("case", "gpu", "versions", "figures"):
+    if not isinstance(data, dict):
+        raise HarnessError(f"baseline {path} holds a {type(data).__name__}, not a record; recreate it with --update-baselines")
+    for key, kind in (("case", str), ("gpu", str), ("versions", dict), ("figures", dict)):
         if key not in data:
             raise HarnessError(f"baseline {path} lacks {key!r}; recreate it with --update-baselines")
+        if not isinstance(data[key], kind):
+            raise HarnessError(f"baseline {path}: {key!r} should be a {kind.__name__}, found {data[key]!r}; "
+                               "recreate it with --update-baselines")
     return data
 
 
@@ -40,9 +51,18 @@ def write_baseline(path: Path, record: dict) -> None:
 
 
 def compare(measured: dict, baseline: dict, tolerance: float = MEMORY_TOLERANCE) -> list[str]:
-    """Return one message per figure that differs from the baseline: bytes beyond tolerance, statuses that differ."""
+    """Return one message per figure that differs from the baseline: bytes beyond tolerance, statuses that differ.
+
+    Raise if the baseline was recorded on another GPU: its figures say nothing about this one.
+    """
+    if baseline.get("gpu") != measured.get("gpu"):
+        raise HarnessError(
+            f"{measured['case']}: the baseline was recorded on GPU {baseline.get('gpu')!r}, this run is on "
+            f"{measured.get('gpu')!r}; baselines are kept per GPU: put it under baselines/{baseline.get('gpu')}/, "
+            "or write this GPU's with pytest -m gpu --update-baselines")
     problems = []
     base_figures, versions = baseline["figures"], baseline.get("versions", {})
+    changed = version_changes(versions, measured["versions"])
     for name, value in measured["figures"].items():
         if name not in base_figures or not name.startswith(GATED_PREFIXES):
             continue
@@ -55,8 +75,15 @@ def compare(measured: dict, baseline: dict, tolerance: float = MEMORY_TOLERANCE)
             problems.append(
                 f"{measured['case']}: {name} measured {_fmt(value)} vs baseline {_fmt(old)}"
                 + (f" (tolerance {tolerance:.0%})" if name.endswith("_bytes") else "")
-                + f"; baseline versions {_versions(versions)}, measured versions {_versions(measured['versions'])}")
+                + f"; baseline versions {_versions(versions)}, measured versions {_versions(measured['versions'])}"
+                + (f" (versions differ: {changed})" if changed else " (same versions)"))
     return problems
+
+
+def version_changes(baseline: dict, measured: dict) -> str:
+    """Return the compared libraries whose versions differ, e.g. 'transformers 5.17.0 -> 5.23.0', or ''."""
+    return ", ".join(f"{k} {baseline.get(k)} -> {measured.get(k)}" for k in COMPARED
+                     if baseline.get(k) != measured.get(k) and (k in baseline or k in measured))
 
 
 def _fmt(value) -> str:
@@ -64,4 +91,4 @@ def _fmt(value) -> str:
 
 
 def _versions(v: dict) -> str:
-    return ", ".join(f"{k} {v[k]}" for k in ("torch", "transformers", "peft", "bitsandbytes", "unsloth") if k in v)
+    return ", ".join(f"{k} {v[k]}" for k in COMPARED if k in v)

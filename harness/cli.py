@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="every family and full size with its parameter count (meta device, no weights)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_list)
+    from . import doctor
+
+    p = sub.add_parser("doctor", help="library versions, the GPU and what is missing; --recipe/--checkpoint also checks them")
+    doctor.add_arguments(p)
+    p.set_defaults(run=doctor.run)
     from .gate import command as gate
 
     p = sub.add_parser("gate", help="run the checks in a reference and a candidate environment, compare them; "

@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import json
-
+import os
 from pathlib import Path
 
 from .errors import HarnessError
 from .families import FamilySpec
 from .recipe import Recipe
+
+# Offline by default: the harness never downloads, so no library should try. huggingface_hub reads these once,
+# when it is first imported, and bitsandbytes may fetch a CPU kernel from the Hub as it is imported; both happen
+# after this module is, through the imports in the functions below. A value the user set explicitly wins.
+OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+for _name, _value in OFFLINE_ENV.items():
+    os.environ.setdefault(_name, _value)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -30,12 +37,24 @@ def resolve_checkpoint(path: str | Path) -> Path:
                        "point at the folder that save_pretrained wrote")
 
 
+def model_type(checkpoint: Path) -> str | None:
+    """Return the model_type of a checkpoint's config.json; raise naming the file if it is not a JSON mapping."""
+    path = Path(checkpoint) / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HarnessError(f"{path} is not valid JSON ({e}); the checkpoint is damaged: save it again") from None
+    if not isinstance(config, dict):
+        raise HarnessError(f"{path} holds a {type(config).__name__}, not a config mapping; the checkpoint is damaged: save it again")
+    return config.get("model_type")
+
+
 def read_config(checkpoint: Path, family: FamilySpec):
     """Return the checkpoint's config, raising if its architecture is not the family's."""
     import transformers
 
     expected = getattr(transformers, family.config_class).model_type
-    found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    found = model_type(checkpoint)
     if found != expected:
         raise HarnessError(f"checkpoint {checkpoint} is a {found!r} model, but family {family.name} expects "
                            f"model_type {expected!r}; pick the family that matches the checkpoint")
@@ -49,7 +68,7 @@ def detect_family(checkpoint: str | Path) -> FamilySpec:
     from .families import FAMILIES
 
     checkpoint = resolve_checkpoint(checkpoint)
-    found = json.loads((checkpoint / "config.json").read_text()).get("model_type")
+    found = model_type(checkpoint)
     for family in FAMILIES.values():
         if getattr(transformers, family.config_class).model_type == found:
             return family
@@ -96,6 +115,26 @@ def role_roots(model, family: FamilySpec, roles) -> list[str]:
     return sorted(n for n in pure if n.rpartition(".")[0] not in pure)
 
 
+def check_safetensors(checkpoint: Path) -> None:
+    """Raise if a checkpoint has no safetensors weights, naming the pickle files it has and the recipe key that allows them."""
+    if any(Path(checkpoint).glob("*.safetensors")):
+        return
+    pickled = sorted(p.name for p in Path(checkpoint).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+    raise HarnessError(
+        f"checkpoint {checkpoint} has no *.safetensors file (found {', '.join(pickled) or 'no weights at all'}); "
+        "pickle weights can run code as they load: convert them to safetensors, or, if you trust their source, "
+        "set allow_pickle: true in the recipe")
+
+
+def require_bitsandbytes() -> None:
+    """Raise if bitsandbytes, which 4-bit loading needs, is not installed."""
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise HarnessError("4-bit loading needs bitsandbytes>=0.49, which is not installed: "
+                           "pip install 'bitsandbytes>=0.49' (or set quantization.load_in_4bit: false)") from None
+
+
 def bnb_config(recipe: Recipe, skip_modules: list[str]):
     """Return the BitsAndBytesConfig of a recipe, or None when it loads 16-bit."""
     import torch
@@ -115,25 +154,26 @@ def bnb_config(recipe: Recipe, skip_modules: list[str]):
 
 
 def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, device: str = "cpu",
-               allow_pickle: bool = False, trust_remote_code: bool = False):
-    """Return the base model loaded from checkpoint per the recipe's quantization, frozen, roles verified."""
+               allow_pickle: bool | None = None, trust_remote_code: bool | None = None):
+    """Return the base model loaded from checkpoint per the recipe's quantization, frozen, roles verified.
+
+    allow_pickle and trust_remote_code default to the recipe's keys, which default to off.
+    """
     import torch
     import transformers
 
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        if recipe.quantization.load_in_4bit:
-            raise HarnessError("4-bit loading needs bitsandbytes>=0.49; pip install 'bitsandbytes>=0.49'") from None
+    allow_pickle = recipe.allow_pickle if allow_pickle is None else allow_pickle
+    trust_remote_code = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
     checkpoint = resolve_checkpoint(checkpoint)
     config = read_config(checkpoint, family)
+    if not allow_pickle:
+        check_safetensors(checkpoint)
+    if recipe.quantization.load_in_4bit:
+        require_bitsandbytes()
     skeleton = meta_model(family, config)
     check_roles(skeleton, family)
     skip = role_roots(skeleton, family, recipe.quantization.keep_16bit)
     del skeleton
-    if not allow_pickle and not any(checkpoint.glob("*.safetensors")):
-        raise HarnessError(f"checkpoint {checkpoint} has no *.safetensors file; convert it, or allow pickle "
-                           "weights explicitly (--allow-pickle) if you trust its source")
     model = getattr(transformers, family.model_class).from_pretrained(
         checkpoint,
         quantization_config=bnb_config(recipe, skip),

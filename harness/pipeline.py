@@ -72,5 +72,5 @@ def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
     """Return the case loaded in 4-bit, prepared for training as its recipe asks, with LoRA applied."""
     folder, model = load_base(c, cache_dir, device)
     model, targets, expected = adapt(c, model)
-    processor = load.load_processor(folder, c.family)
+    processor = load.load_processor(folder, c.family, c.recipe.trust_remote_code)
     return Harnessed(c, folder, processor, model, targets, expected)

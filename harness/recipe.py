@@ -67,6 +67,8 @@ class Recipe:
     lora: Lora = field(default_factory=Lora)
     training: Training = field(default_factory=Training)
     expect: dict[str, Expectation] = field(default_factory=dict)
+    trust_remote_code: bool = False  # run Python code shipped with a checkpoint: only for a source you trust
+    allow_pickle: bool = False  # load pickle weights (pytorch_model.bin), which can run code: safetensors only otherwise
     source: str = ""  # the file it came from
 
     def test_id(self, size: str) -> str:
@@ -81,14 +83,44 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
-def _section(cls, data: Any, where: str):
+# What each annotated field type accepts from YAML, and how an error names it.
+ACCEPTED = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
+            "str": ((str,), "a string"), "tuple[str, ...]": ((tuple,), "a list of names")}
+
+
+def _check_types(cls, values: dict, source: str, section: str = "") -> None:
+    for f in fields(cls):
+        if f.name not in values or str(f.type) not in ACCEPTED:
+            continue
+        value, (types, what) = values[f.name], ACCEPTED[str(f.type)]
+        ok = isinstance(value, types) and (bool in types or not isinstance(value, bool))
+        if ok and isinstance(value, tuple):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            shown = list(value) if isinstance(value, tuple) else value  # as the YAML wrote it
+            raise HarnessError(f"{source}: {section}{f.name} must be {what}, found {shown!r}{_yaml_hint(value, types)}")
+
+
+def _yaml_hint(value, types) -> str:
+    if float not in types or not isinstance(value, str):
+        return ""
+    try:
+        float(value)
+    except ValueError:
+        return ""
+    return f" (YAML reads {value} as text: write it with a dot and a sign, e.g. 2.0e-4)"
+
+
+def _section(cls, data: Any, source: str, section: str):
+    where = f"{source}: {section}"
     if not isinstance(data, dict):
         raise HarnessError(f"{where}: expected a mapping, found {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     for key in data:
         if key not in known:
-            raise HarnessError(f"{where}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+            raise HarnessError(f"{where}: unknown key {key!r}{did_you_mean(str(key), known)}; known keys: {', '.join(sorted(known))}")
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    _check_types(cls, values, source, section + ".")
     return cls(**values)
 
 
@@ -99,23 +131,31 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     known = {f.name for f in fields(Recipe)} - {"source"}
     for key in data:
         if key not in known:
-            raise HarnessError(f"{source}: unknown key {key!r}{did_you_mean(key, known)}; known keys: {', '.join(sorted(known))}")
+            raise HarnessError(f"{source}: unknown key {key!r}{did_you_mean(str(key), known)}; known keys: {', '.join(sorted(known))}")
     for key in ("name", "family"):
         if key not in data:
             raise HarnessError(f"{source}: missing required key {key!r}")
-    get_family(data["family"])
-    expect = {}
-    for role, exp in (data.get("expect") or {}).items():
-        expect[role] = _section(Expectation, exp, f"{source}: expect.{role}")
+    if not isinstance(data["family"], str):
+        raise HarnessError(f"{source}: family must be a family name such as qwen2.5-vl, found {data['family']!r}")
+    try:
+        get_family(data["family"])
+    except HarnessError as e:
+        raise HarnessError(f"{source}: {e}") from None
+    scalars = {k: data[k] for k in ("backend", "trust_remote_code", "allow_pickle") if k in data}
+    _check_types(Recipe, scalars, source)
+    expect_data = data.get("expect") or {}
+    if not isinstance(expect_data, dict):
+        raise HarnessError(f"{source}: expect: expected a mapping of role to {{weights, train}}, found {type(expect_data).__name__}")
+    expect = {role: _section(Expectation, exp, source, f"expect.{role}") for role, exp in expect_data.items()}
     recipe = Recipe(
         name=str(data["name"]),
         family=data["family"],
-        backend=data.get("backend", "peft"),
-        quantization=_section(Quantization, data.get("quantization", {}), f"{source}: quantization"),
-        lora=_section(Lora, data.get("lora", {}), f"{source}: lora"),
-        training=_section(Training, data.get("training", {}), f"{source}: training"),
+        quantization=_section(Quantization, data.get("quantization", {}), source, "quantization"),
+        lora=_section(Lora, data.get("lora", {}), source, "lora"),
+        training=_section(Training, data.get("training", {}), source, "training"),
         expect=expect,
         source=source,
+        **scalars,
     )
     validate(recipe)
     return recipe

@@ -4,15 +4,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import time
 from pathlib import Path
 
 from filelock import FileLock
 
-from .atomic import staged_folder, write_json
+from .atomic import leftovers, staged_folder, write_json
 from .env import library_versions
 from .families import FamilySpec, check_size
 
 MARKER = "qlora-harness.json"  # written last: a folder without it was never finished
+BUILD_LOG = "builds.jsonl"  # one line per build, next to the checkpoints: what was built, by which process, how long
 CACHE_ENV = "QLORA_HARNESS_CACHE"
 # Libraries whose version changes what save_pretrained writes (weights, configs, tokenizer files).
 FORMAT_LIBRARIES = ("transformers", "tokenizers", "safetensors")
@@ -61,9 +64,34 @@ def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: i
     folder.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(folder) + ".lock"):
         if not is_complete(folder):  # another worker may have built it while we waited
+            _sweep(folder)
+            start = time.perf_counter()
             with staged_folder(folder) as stage:
                 _build(family, size, stage, seed, device)
+            _log_build(folder, time.perf_counter() - start)
     return folder
+
+
+def builds(cache_dir: Path) -> list[dict]:
+    """Return the build log of a cache: one entry per synthetic checkpoint built (folder, pid, seconds)."""
+    log = Path(cache_dir) / "checkpoints" / BUILD_LOG
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+
+
+def _sweep(folder: Path) -> None:
+    # A build killed outright (no exception, so no cleanup) leaves its staging folder; we hold the lock, so
+    # nothing else is writing one now.
+    for path in leftovers(folder.parent, folder.name):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _log_build(folder: Path, seconds: float) -> None:
+    line = json.dumps({"folder": folder.name, "pid": os.getpid(), "seconds": round(seconds, 3)})
+    with open(folder.parent / BUILD_LOG, "a") as log:  # one short append per build: whole lines, even concurrently
+        log.write(line + "\n")
 
 
 def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> None:

@@ -5,9 +5,11 @@ weights get a fresh load of their own, which takes a fraction of a second at tin
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from harness import pipeline
+from harness import doctor, pipeline
 from harness.families import FAMILIES
 from harness.recipe import default_recipe, load_recipe
 
@@ -29,6 +31,22 @@ def pytest_generate_tests(metafunc):
         if fixture in metafunc.fixturenames:
             cases = [c for c in smoke_cases(metafunc.config) if keep(c)]
             metafunc.parametrize(fixture, cases, ids=[c.id for c in cases], scope="session")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's worker reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    # Under -n N (--dist loadgroup, set in the root conftest), a case's tests share one worker: its model loads once.
+    # Without bitsandbytes nothing loads in 4-bit: tests that load a checkpoint skip, saying so.
+    no_bnb = doctor.missing("bitsandbytes")
+    for item in items:
+        if "smoke" not in Path(str(item.fspath)).parts:
+            continue
+        params = item.callspec.params if hasattr(item, "callspec") else {}
+        case = next((v for v in params.values() if isinstance(v, pipeline.Case)), None)
+        if case is not None:
+            item.add_marker(pytest.mark.xdist_group(case.id))
+        if no_bnb and "cache_dir" in item.fixturenames:
+            item.add_marker(pytest.mark.skip(reason=no_bnb))
 
 
 _loaded: dict[str, pipeline.Harnessed] = {}
