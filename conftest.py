@@ -24,7 +24,7 @@ _xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _xdist_workers:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _xdist_workers)))
 
-TIERS = {"smoke": "smoke", "gpu": "gpu", "bench": "benchmark"}
+TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 
 
 def pytest_addoption(parser):
@@ -82,12 +82,13 @@ def pytest_runtest_teardown(item):
 
 
 def pytest_collection_modifyitems(config, items):
-    # A test's tier is the folder it lives in: tests/smoke -> smoke, tests/gpu -> gpu, tests/bench -> benchmark.
+    # A test's tier is the folder it lives in: tests/smoke -> smoke, tests/gpu -> gpu, tests/bench -> gpu + benchmark.
     for item in items:
         parts = Path(str(item.fspath)).parts
-        for folder, marker in TIERS.items():
+        for folder, markers in TIERS.items():
             if folder in parts:
-                item.add_marker(getattr(pytest.mark, marker))
+                for marker in markers:
+                    item.add_marker(getattr(pytest.mark, marker))
 
 
 @pytest.fixture(scope="session")
@@ -95,3 +96,15 @@ def cache_dir(pytestconfig) -> Path:
     """The folder synthetic checkpoints are built into and reused from."""
     chosen = pytestconfig.getoption("--cache-dir")
     return Path(chosen).expanduser() if chosen else default_cache_dir(os.environ)
+
+
+@pytest.fixture(scope="session")
+def cuda():
+    """The CUDA device; tests that need one skip without it."""
+    from harness import env
+
+    if not env.has_cuda():
+        pytest.skip("needs a CUDA GPU")
+    import torch
+
+    return torch.device("cuda", 0)

@@ -14,10 +14,14 @@ from .errors import HarnessError
 
 BASELINES_DIR = Path(__file__).resolve().parent.parent / "baselines"
 MEMORY_TOLERANCE = 0.03  # relative: allocator rounding and kernel workspaces move peaks by a percent or two
-# Figures that gate: GPU memory and OOM status. Times, ratios and host memory (which depends on what ran
-# earlier in the process) are recorded for reports, not compared.
+# absolute floor: the caching allocator reserves in 2 MiB and 20 MiB blocks, so a 32 MiB figure (CLIP ViT-B/16's
+# reserved static) moved by one block is not a regression
+MEMORY_FLOOR = 32 * 2**20
 COMPARED = ("torch", "transformers", "peft", "bitsandbytes", "unsloth")  # the versions a mismatch names
-GATED_PREFIXES = ("static_allocated", "static_reserved", "peak_allocated", "peak_reserved", "status_")
+# Figures that gate: allocated GPU memory and OOM status. Times, ratios, host memory and reserved memory are
+# recorded for reports, not compared: they depend on what ran earlier in the process (the caching allocator
+# reuses segments it already holds: CLIP ViT-B/16's static reserved read 0.03 GiB late in a session, 0.14 first).
+GATED_PREFIXES = ("static_allocated", "peak_allocated", "status_")
 
 
 def baseline_path(root: Path, fingerprint: str, case_id: str) -> Path:
@@ -70,11 +74,12 @@ def compare(measured: dict, baseline: dict, tolerance: float = MEMORY_TOLERANCE)
         if isinstance(value, str) or isinstance(old, str) or value is None or old is None:
             bad = value != old
         else:
-            bad = abs(value - old) > tolerance * max(abs(old), 1)
+            floor = MEMORY_FLOOR if name.endswith("_bytes") else 0
+            bad = abs(value - old) > max(tolerance * abs(old), floor)
         if bad:
             problems.append(
                 f"{measured['case']}: {name} measured {_fmt(value)} vs baseline {_fmt(old)}"
-                + (f" (tolerance {tolerance:.0%})" if name.endswith("_bytes") else "")
+                + (f" (tolerance {tolerance:.0%}, at least {MEMORY_FLOOR // 2**20} MiB)" if name.endswith("_bytes") else "")
                 + f"; baseline versions {_versions(versions)}, measured versions {_versions(measured['versions'])}"
                 + (f" (versions differ: {changed})" if changed else " (same versions)"))
     return problems

@@ -78,3 +78,11 @@ def inventory_bytes(model, double_quant: bool = True, dtype_bytes: int = 2) -> d
                 other += numel * (dtype_bytes if p.is_floating_point() else p.element_size())
             numel_all += numel * (dtype_bytes if (p.is_floating_point() or name == "weight") else p.element_size())
     return {"quantized": quantized, "other": other, "total": quantized + other, "total_16bit": numel_all}
+
+
+def upcast_bytes(model) -> int:
+    """Return the bytes peft's prepare_model_for_kbit_training adds: every 16-bit, non-4-bit parameter made fp32."""
+    import torch
+
+    return sum(p.numel() * 2 for p in model.parameters()
+               if p.dtype in (torch.float16, torch.bfloat16) and type(p).__name__ != "Params4bit")

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from . import load, lora, synth
+from .errors import HarnessError
 from .families import FamilySpec, check_size, get_family
 from .recipe import Recipe
 
@@ -18,10 +19,11 @@ class Case:
     size: str
     recipe: Recipe
     checkpoint: Path | None = None  # None: a synthetic checkpoint from the cache
+    variant: str = ""  # a comparison variant's name (harness.variants), joined to the id
 
     @property
     def id(self) -> str:
-        return self.recipe.test_id(self.size)
+        return self.recipe.test_id(self.size) + (f"--{self.variant}" if self.variant else "")
 
 
 @dataclass
@@ -40,11 +42,11 @@ class Harnessed:
         return self.model.config
 
 
-def case(family: str, size: str, recipe: Recipe, checkpoint: Path | None = None) -> Case:
+def case(family: str, size: str, recipe: Recipe, checkpoint: Path | None = None, variant: str = "") -> Case:
     """Return a Case, checking the family and size names."""
     spec = get_family(family)
     check_size(spec, size)
-    return Case(spec, size, recipe, checkpoint)
+    return Case(spec, size, recipe, checkpoint, variant)
 
 
 def checkpoint_of(c: Case, cache_dir: Path, device: str = "cpu") -> Path:
@@ -60,11 +62,19 @@ def load_base(c: Case, cache_dir: Path, device: str = "cpu"):
     return folder, load.load_model(folder, c.family, c.recipe, device=device)
 
 
-def adapt(c: Case, model):
-    """Return (peft model, LoRA targets, expected trainable count): the base prepared for training, LoRA applied."""
+def adapt(c: Case, model, on_prepared=None):
+    """Return (peft model, LoRA targets, expected trainable count): the base prepared for training, LoRA applied.
+
+    on_prepared, if given, is called with the prepared base before LoRA is applied (to measure it).
+    """
+    if c.recipe.backend != "peft":
+        raise HarnessError(f"{c.id}: backend {c.recipe.backend!r} runs in a process of its own "
+                           "(harness.unsloth_backend), not through the peft pipeline")
     targets = lora.lora_targets(model, c.family, c.recipe)
     expected = lora.expected_trainable_params(model, targets, c.recipe)
     model = lora.prepare_for_training(model, c.recipe)
+    if on_prepared is not None:
+        on_prepared(model)
     return lora.apply_lora(model, c.family, c.recipe, targets), targets, expected
 
 

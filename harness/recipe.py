@@ -50,6 +50,7 @@ class Training:
     optimizer: str = "adamw_torch"
     learning_rate: float = 2e-4
     prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
+    gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,10 @@ def validate(recipe: Recipe) -> None:
         raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
     if not lora.target_modules:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
+    if t.gpu_budget is not None:
+        from .probe import parse_bytes
+
+        parse_bytes(t.gpu_budget)
     if t.batch_size < 1 or t.seq_len < 1 or t.image_size < 1:
         raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
     for what, names in (("quantization.keep_16bit", q.keep_16bit), ("lora.target_roles", lora.target_roles),

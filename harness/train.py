@@ -31,9 +31,13 @@ def make_optimizer(model, recipe):
     raise unknown("optimizer", name, ["adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"])
 
 
-def train_step(model, batch, optimizer) -> float:
-    """Run forward, backward and one optimizer step in training mode; return the loss."""
-    model.train()
+def train_step(model, batch, optimizer, training: bool = True) -> float:
+    """Run forward, backward and one optimizer step; return the loss.
+
+    training=False runs the step with the model in eval mode: the trap in which gradient checkpointing and
+    dropout silently do nothing. Only comparisons that demonstrate the trap ask for it.
+    """
+    model.train(training)
     optimizer.zero_grad(set_to_none=True)
     loss = forward_loss(model, batch)
     loss.backward()

@@ -10,17 +10,9 @@ import shutil
 
 import pytest
 
-from harness import env, pipeline, probe
+from harness import baselines, env, pipeline, probe, variants
+from harness.matrix import COMPARISONS, GPU_MATRIX, UNSLOTH_CASES
 from harness.recipe import default_recipe
-
-# family, size, batch sizes to profile
-GPU_MATRIX = [
-    ("qwen2.5-vl", "7b", (1, 2, 4)), ("qwen2.5-vl", "3b", (1, 2, 4)),
-    ("qwen2-vl", "7b", (1, 2, 4)), ("qwen2-vl", "2b", (1, 2, 4)),
-    ("clip", "vit-l-14", (8, 16, 32)), ("clip", "vit-b-16", (8, 16, 32)),
-    ("qwen2.5", "7b", (1, 2, 4)), ("qwen2.5", "0.5b", (1, 2, 4)),
-]
-
 
 def gpu_cases():
     return [(pipeline.case(f, s, default_recipe(f)), sizes) for f, s, sizes in GPU_MATRIX]
@@ -30,15 +22,9 @@ def pytest_generate_tests(metafunc):
     if "gpu_case" in metafunc.fixturenames:
         cases = gpu_cases()
         metafunc.parametrize("gpu_case", cases, ids=[c.id for c, _ in cases], scope="session")
-
-
-@pytest.fixture(scope="session")
-def cuda():
-    if not env.has_cuda():
-        pytest.skip("needs a CUDA GPU")
-    import torch
-
-    return torch.device("cuda", 0)
+    if "comparison_set" in metafunc.fixturenames:
+        metafunc.parametrize("comparison_set", COMPARISONS, ids=[f"{f}-{s}" for f, s, _, _ in COMPARISONS],
+                             scope="session")
 
 
 @pytest.fixture(scope="session")
@@ -67,6 +53,73 @@ def gpu_profile(gpu_case, cuda, budget, cache_dir, pytestconfig):
         probe.release()
         if _Held.checkpoint is not None and pytestconfig.getoption("--evict-checkpoints"):
             shutil.rmtree(_Held.checkpoint, ignore_errors=True)
-        _Held.profile = profile_case(case, batch_sizes, cache_dir)
+        _Held.profile = profile_case(case, batch_sizes, cache_dir, budget=budget)
         _Held.key, _Held.checkpoint = case.id, _Held.profile.checkpoint
     return _Held.profile
+
+
+@pytest.fixture(scope="session")
+def comparison(comparison_set, cuda, budget, cache_dir) -> dict:
+    """Every variant of one workload profiled in this run, by variant name (models freed after each)."""
+    from harness.profile import profile_case
+
+    family, size, batch_sizes, names = comparison_set
+    _Held.profile, _Held.key = None, None
+    probe.release()
+    base = default_recipe(family)
+    profiles = {}
+    for name in names:
+        variant = variants.get_variant(name)
+        case = pipeline.case(family, size, variants.derive(base, variant), variant=name)
+        profiles[name] = profile_case(case, batch_sizes, cache_dir, training=variant.training, budget=budget)
+    return profiles
+
+
+@pytest.fixture(scope="session")
+def baseline_problems(pytestconfig, cuda):
+    """Check a measured record against its stored baseline: [] when within tolerance; write it in update mode.
+
+    No baseline for this GPU: the test skips, saying how to create one. Never a silent pass.
+    """
+    fingerprint = env.gpu_fingerprint()
+    root = pytestconfig.getoption("--baselines-dir") or baselines.BASELINES_DIR
+    results = pytestconfig.getoption("--results-dir")
+
+    def check(record: dict) -> list[str]:
+        path = baselines.baseline_path(root, fingerprint, record["case"])
+        if results:
+            baselines.write_baseline(baselines.baseline_path(results, fingerprint, record["case"]), record)
+        if pytestconfig.getoption("--update-baselines"):
+            baselines.write_baseline(path, record)
+            return [] if baselines.read_baseline(path)["figures"] == record["figures"] else [f"{path} did not round-trip"]
+        stored = baselines.read_baseline(path)
+        if stored is None:
+            pytest.skip(f"no baseline for {record['case']} on {fingerprint}: create it with "
+                        f"pytest -m gpu --update-baselines (writes {path})")
+        return baselines.compare(record, stored)
+
+    return check
+
+
+@pytest.fixture(scope="session")
+def unsloth_profile_of(cuda, cache_dir, tmp_path_factory):
+    """Return a function (family, size) -> the Unsloth record of that case, run once per session."""
+    from harness import unsloth_backend
+
+    reason = unsloth_backend.unavailable()
+    records = {}
+
+    def run(family: str, size: str) -> dict:
+        if reason:
+            pytest.skip(reason)
+        if (family, size) not in records:
+            sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
+            case = pipeline.case(family, size, default_recipe(family))
+            folder = pipeline.checkpoint_of(case, cache_dir, device="cuda")
+            _Held.profile, _Held.key = None, None
+            probe.release()
+            out = tmp_path_factory.mktemp("unsloth") / f"{family}-{size}.json"
+            records[(family, size)] = unsloth_backend.run_isolated(family, size, folder, sizes, out)
+        return records[(family, size)]
+
+    return run

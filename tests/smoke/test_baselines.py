@@ -43,3 +43,14 @@ def test_writing_a_baseline_round_trips(tmp_path):
     path = baselines.baseline_path(tmp_path, "nvidia-h200-140gib-cuda13.0", "case-a")
     baselines.write_baseline(path, record())
     assert baselines.read_baseline(path) == record()
+
+
+def test_a_small_figure_moved_by_one_allocator_block_passes_but_a_real_change_does_not():
+    small = record(static_allocated_bytes=32 * 2**20)
+    assert baselines.compare(record(static_allocated_bytes=34 * 2**20), small) == []
+    (problem,) = baselines.compare(record(static_allocated_bytes=80 * 2**20), small)
+    assert "static_allocated_bytes" in problem and "at least 32 MiB" in problem
+
+
+def test_reserved_memory_is_recorded_but_does_not_gate():
+    assert baselines.compare(record(static_reserved_bytes=4 * 2**30), record(static_reserved_bytes=2**30)) == []

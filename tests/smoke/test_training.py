@@ -3,6 +3,7 @@ import torch
 
 from harness import inputs, train
 from harness.audit import audit
+from harness.checkpointing import counting
 
 
 def test_trainable_parameters_are_exactly_the_lora_parameters(qlora):
@@ -41,3 +42,21 @@ def test_every_lora_parameter_gets_a_gradient(fresh):
 
     assert len(train.lora_parameters(fresh.model)) == sum(1 for p in fresh.model.parameters() if p.requires_grad)
     assert train.without_gradient(fresh.model) == []
+
+
+def test_gradient_checkpointing_acts_in_training_mode_only(fresh):
+    wanted = fresh.case.recipe.training.gradient_checkpointing
+    batch = inputs.example_batch(fresh.case.family, fresh.processor, count=2, train=True)
+
+    with counting(fresh.model) as in_training:
+        train.backward(fresh.model, batch)
+    fresh.model.eval()
+    with counting(fresh.model) as in_eval:
+        train.forward_loss(fresh.model, batch)
+
+    assert in_training.problem(wanted) is None
+    if wanted:
+        assert in_training.checkpointed_calls > 0
+        assert in_eval.checkpointed_calls == 0 and "eval mode" in in_eval.problem(wanted)
+    else:
+        assert in_training.checkpointed_calls == in_eval.checkpointed_calls == 0
