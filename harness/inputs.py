@@ -26,7 +26,9 @@ def build_inputs(family: FamilySpec, processor, prompts: list[str], images: list
                  answers: list[str] | None = None, padding_side: str = "left"):
     """Return a batch (BatchFeature) for the family: images with prompts, text only, or CLIP pairs."""
     tok = _tokenizer(processor)
-    tok.padding_side = padding_side
+    # CLIP reads each caption's embedding at its first end-of-text token, which is also its pad token: left
+    # padding would put that token in the padding, so dual encoders always pad on the right
+    tok.padding_side = "right" if family.kind == DUAL_ENCODER else padding_side
     if family.kind == DUAL_ENCODER:
         return processor(text=prompts, images=images, padding=True, return_tensors="pt")
     with_image = bool(images)

@@ -60,3 +60,13 @@ def test_clip_pairs_every_image_with_every_caption(dual):
     assert batch["pixel_values"].shape == (3, 3, size, size)
     scores = logits(dual.model, batch)
     assert scores.shape == (3, 3) and torch.isfinite(scores).all()
+
+
+def test_clip_padded_captions_score_as_they_do_alone(dual):
+    # CLIP reads a caption at its first end-of-text token, which is also the pad token: padding must not move it
+    batch = inputs.example_batch(dual.case.family, dual.processor, count=3)
+    assert not batch["attention_mask"].all(), "the captions should differ in length, or nothing is padded"
+    together = logits(dual.model, batch).float().diagonal()
+    alone = torch.stack([logits(dual.model, inputs.example_batch(dual.case.family, dual.processor, first=i)).float()[0, 0]
+                         for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=0.05 * float(alone.abs().max()), rtol=0)
