@@ -39,6 +39,34 @@ def _list(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    import os
+    from pathlib import Path
+
+    from . import env, experiments
+    from .run import run_experiment
+    from .synth import default_cache_dir
+
+    exp = experiments.for_recipe(args.recipe)
+    size = args.size or ("full" if env.has_cuda() else "tiny")
+    cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(os.environ)
+    path = run_experiment(exp, size, Path(args.out), cache, model_sizes=args.model_size)
+    records = json.loads(path.read_text())["records"]
+    failed = [r["case"] for r in records if r["status"] == "error"]
+    print(f"{path}: {len(records)} arms, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
+    return 1 if failed else 0
+
+
+def _report(args) -> int:
+    from pathlib import Path
+
+    from .report import write_report
+
+    report = write_report([Path(p) for p in args.results], Path(args.out))
+    print(f"{report.path}: {len(report.charts)} plots")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="qlora-harness", description="QLoRA validation and benchmark harness")
@@ -57,6 +85,20 @@ def main(argv: list[str] | None = None) -> int:
                                     "exit 1 on a regression")
     gate.add_arguments(p)
     p.set_defaults(run=gate.run)
+    p = sub.add_parser("run", help="run a seed experiment's recipe (recipes/seed-*.yaml): tiny on CPU, full size "
+                                   "on a GPU; saves a results JSON")
+    p.add_argument("recipe", help="a seed recipe, e.g. recipes/seed-clip-static-dynamic.yaml")
+    p.add_argument("--size", choices=("tiny", "full"), default=None,
+                   help="model sizes to run (default: full with a CUDA GPU, tiny without)")
+    p.add_argument("--out", default="results/seed", help="folder for the results JSON (default: results/seed)")
+    p.add_argument("--cache-dir", default=None, help="synthetic checkpoints (default: $QLORA_HARNESS_CACHE)")
+    p.add_argument("--model-size", action="append", default=None,
+                   help="run only this model size of the experiment (repeatable), e.g. --model-size 7b")
+    p.set_defaults(run=_run)
+    p = sub.add_parser("report", help="turn saved results into report.md with PNG plots")
+    p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
+    p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")
+    p.set_defaults(run=_report)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
