@@ -1,0 +1,53 @@
+"""Boxes in Qwen2-VL's grounding format, and how well a predicted box covers the true one.
+
+Qwen2-VL writes a box as `<|box_start|>(x1,y1),(x2,y2)<|box_end|>`, corners normalised to 0..1000 of the
+image's width and height, optionally after the phrase it refers to in `<|object_ref_start|>..<|object_ref_end|>`.
+"""
+from __future__ import annotations
+
+import re
+
+REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
+BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
+SCALE = 1000  # Qwen2-VL normalises box corners to 0..1000 whatever the image size
+
+_BOX = re.compile(re.escape(BOX_START) + r"\s*\((\d+),\s*(\d+)\)\s*,\s*\((\d+),\s*(\d+)\)\s*" + re.escape(BOX_END))
+
+Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+
+
+def normalise(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
+    """Return a pixel box's corners on Qwen2-VL's 0..1000 scale."""
+    x1, y1, x2, y2 = box
+    return (int(x1 / width * SCALE), int(y1 / height * SCALE), int(x2 / width * SCALE), int(y2 / height * SCALE))
+
+
+def format_box(box: Box, width: int, height: int, phrase: str | None = None) -> str:
+    """Return a pixel box as Qwen2-VL writes it, after its referring phrase when one is given."""
+    x1, y1, x2, y2 = normalise(box, width, height)
+    ref = f"{REF_START}{phrase}{REF_END}" if phrase else ""
+    return f"{ref}{BOX_START}({x1},{y1}),({x2},{y2}){BOX_END}"
+
+
+def parse_box(text: str, width: int, height: int) -> Box | None:
+    """Return the first box written in text, in pixels of a width x height image, or None if there is none."""
+    found = _BOX.search(text)
+    if found is None:
+        return None
+    x1, y1, x2, y2 = (int(v) for v in found.groups())
+    return (x1 * width / SCALE, y1 * height / SCALE, x2 * width / SCALE, y2 * height / SCALE)
+
+
+def iou(a: Box | None, b: Box | None) -> float:
+    """Return the intersection over union of two boxes; 0 when either is missing or empty."""
+    if a is None or b is None:
+        return 0.0
+    w = min(a[2], b[2]) - max(a[0], b[0])
+    h = min(a[3], b[3]) - max(a[1], b[1])
+    inter = max(0.0, w) * max(0.0, h)
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _area(box: Box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
