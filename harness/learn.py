@@ -17,6 +17,20 @@ TRAINED_META = "shapes.json"  # written by fixtures/train_tiny.py into each trai
 EVAL_SEED, EVAL_COUNT = 10_000, 48  # held-out scenes (training draws seeds 0..steps); 48 = 4 x every colour x shape
 
 
+@contextmanager
+def deterministic(seed: int = 0):
+    """Within the block, torch's random state starts from seed and only deterministic algorithms run."""
+    import torch
+
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
 def trained_checkpoint(name: str, root: Path = FIXTURES) -> tuple[Path, dict]:
     """Return (folder, record) of a checkpoint trained by fixtures/train_tiny.py; raise if it was never built."""
     folder = Path(root) / name
@@ -51,7 +65,7 @@ def _tokenizer(processor):
 
 
 def chat_batch(family: FamilySpec, processor, samples: Sequence[shapes.Sample], with_answers: bool):
-    """Return a VLM batch of the samples through the processor and chat template; with answers, labels cover only them."""
+    """Return a VLM batch of samples via the processor and chat template; with answers, labels cover them only."""
     images = [s.scene.image() for s in samples]
     prompts = [s.question for s in samples]
     if not with_answers:
@@ -64,7 +78,7 @@ def chat_batch(family: FamilySpec, processor, samples: Sequence[shapes.Sample], 
 
 def prompt_batch(family: FamilySpec, processor, prompts: Sequence[str], images: Sequence, min_pixels: int | None = None,
                  max_pixels: int | None = None):
-    """Return a left-padded VLM batch of free prompts with one image each, resized within [min_pixels, max_pixels] if given."""
+    """Return a left-padded VLM batch of prompts, one image each, resized within [min_pixels, max_pixels] if given."""
     tok = _tokenizer(processor)
     tok.padding_side = "left"
     texts = [inputs.chat_text(processor, p, with_image=True) for p in prompts]
@@ -107,7 +121,8 @@ def keep_4bit_layout(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-def fit(model, batches: Iterable, optimizer, scheduler=None, on_step: Callable[[int, float], None] | None = None) -> list[float]:
+def fit(model, batches: Iterable, optimizer, scheduler=None,
+        on_step: Callable[[int, float], None] | None = None) -> list[float]:
     """Run one training step per batch (LoRA or full weights, whatever requires grad); return the losses."""
     device = next(model.parameters()).device
     losses = []

@@ -13,39 +13,47 @@ from .errors import HarnessError
 from .lora import is_lora_name
 
 
-def _restore_packed_layout(module) -> None:
-    # bitsandbytes repacks 4-bit weights for CPU inference (AVX512-BF16) at the first eval forward; dequantize_4bit
-    # reads only the layout they were loaded in. Put it back, as bitsandbytes' own state_dict() does.
-    weight = module.weight
-    if getattr(getattr(weight, "quant_state", None), "packing_format_for_cpu", False):
-        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
-
-        weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
-
-
-def dense_weight(module):
-    """Return a Linear's weight as a dense tensor in float32: dequantized when it is 4-bit."""
+def dense_weight(module, chunk: int = 4096):
+    """Return a Linear's weight as a dense float32 tensor: the weight its forward computes with, dequantized if 4-bit."""
     import torch
     from peft.utils.integrations import dequantize_module_weight
 
-    _restore_packed_layout(module)
-    return dequantize_module_weight(module).detach().to(torch.float32)
+    if not getattr(getattr(module.weight, "quant_state", None), "packing_format_for_cpu", False):
+        return dequantize_module_weight(module).detach().to(torch.float32)
+    # bitsandbytes repacked this weight for CPU inference (AVX512-BF16) at its first eval forward; its inverse
+    # re-quantizes the scales and moves weights by up to 0.7%. Read the weight through the forward instead:
+    # module(I) = W^T + bias, a chunk of rows of the identity at a time.
+    rows = []
+    with torch.no_grad():
+        for start in range(0, module.in_features, chunk):
+            stop = min(start + chunk, module.in_features)
+            eye = torch.zeros(stop - start, module.in_features, dtype=module.compute_dtype or torch.float32,
+                              device=module.weight.device)
+            eye[:, start:stop] = torch.eye(stop - start, dtype=eye.dtype, device=eye.device)
+            out = module(eye).to(torch.float32)
+            rows.append(out if module.bias is None else out - module.bias.to(torch.float32))
+    return torch.cat(rows).T.contiguous()
 
 
 def merged_weight(layer):
     """Return (weight, bias) of a peft LoRA layer with its active adapters folded in, in float32 (LoRA and DoRA)."""
     import torch
 
+    if getattr(layer, "fan_in_fan_out", False):
+        raise HarnessError(f"merging {type(layer).__name__}: fan_in_fan_out (Conv1D) layers are not supported; "
+                           "merge with peft's merge_and_unload on a 16-bit model instead")
     base = layer.get_base_layer()
     weight = dense_weight(base)
     bias = None if base.bias is None else base.bias.detach().to(torch.float32).clone()
     for adapter in layer.active_adapters:
         if adapter not in layer.lora_A:
             continue
-        if adapter in getattr(layer, "lora_variant", {}):  # DoRA rescales each output row by its magnitude
-            weight = layer.lora_variant[adapter].merge_safe(layer, adapter, weight).to(torch.float32)
-        else:
-            weight = weight + layer.get_delta_weight(adapter).to(torch.float32)
+        combined = weight + layer.get_delta_weight(adapter).detach().to(torch.float32)  # B @ A, times the scaling
+        if adapter in getattr(layer, "lora_magnitude_vector", {}):
+            # DoRA: each output row rescaled to its learnt magnitude, as its forward does
+            magnitude = layer.lora_magnitude_vector[adapter].weight.detach().to(torch.float32)
+            combined = (magnitude / combined.norm(p=2, dim=1)).unsqueeze(1) * combined
+        weight = combined
         if getattr(layer, "lora_bias", {}).get(adapter):
             bias = bias + layer.lora_B[adapter].bias.detach().to(torch.float32)
     return weight, bias
@@ -97,6 +105,9 @@ def merged_model(model, dtype: str = "bfloat16"):
         if hasattr(config, attr):
             delattr(config, attr)
     target = getattr(torch, dtype)
+    for sub in (config, config.get_text_config(), getattr(config, "vision_config", None)):
+        if sub is not None:
+            sub.dtype = target  # some models cast their inputs to the config's dtype
     device = next(p.device for p in base.parameters())
     previous = torch.get_default_dtype()
     torch.set_default_dtype(target)
@@ -115,11 +126,22 @@ def merged_model(model, dtype: str = "bfloat16"):
     return fresh.eval()
 
 
+def save_processor(processor, folder: Path) -> None:
+    """Write a processor's tokenizer, image processor and chat template into folder, as checkpoints hold them."""
+    # By parts: a Qwen VL processor assembled without its video processor (no torchvision) cannot save itself whole.
+    parts = [getattr(processor, name) for name in ("tokenizer", "image_processor") if getattr(processor, name, None)]
+    for part in parts or [processor]:
+        part.save_pretrained(folder)
+    template = getattr(processor, "chat_template", None) if parts else None
+    if isinstance(template, str):
+        (Path(folder) / "chat_template.jinja").write_text(template)
+
+
 def save_merged(model, processor, folder: Path) -> Path:
     """Write a merged model and its processor to folder as a checkpoint (all or nothing); return the folder."""
     folder = Path(folder)
     with staged_folder(folder) as stage:
         model.save_pretrained(stage, safe_serialization=True)
         if processor is not None:
-            processor.save_pretrained(stage)
+            save_processor(processor, stage)
     return folder

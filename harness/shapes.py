@@ -18,7 +18,9 @@ from .images import COLOURS, SHAPES
 # Where the shape's centre lies, by thirds of the image: the row, then the column. Every name has both words, so
 # none is the start of another and the answer cannot stop early.
 POSITIONS = tuple(f"{row} {col}" for row in ("top", "middle", "bottom") for col in ("left", "centre", "right"))
-# A labelling no checkpoint was trained on: QLoRA has to learn it, and only the image tells the colour.
+# Labellings no checkpoint was trained on, which only the image can answer: each colour called by the next
+# colour's name (words a trained VLM already writes), or by a made-up code word (new words for CLIP's text side).
+SWAPPED_NAMES = {"red": "green", "green": "blue", "blue": "yellow", "yellow": "red"}
 CODE_WORDS = {"red": "dax", "green": "wug", "blue": "kip", "yellow": "fep"}
 BACKGROUND = (245, 245, 240)
 IOU_CORRECT = 0.5  # a predicted box counts as right when it covers the true one this well (the usual detection bar)
@@ -69,7 +71,8 @@ class Scene:
         else:
             draw.polygon([((x1 + x2) / 2, y1), (x1, y2 - 1), (x2 - 1, y2 - 1)], fill=fill)
         for _ in range(self.size * self.size // 50):
-            img.putpixel((rng.randrange(self.size), rng.randrange(self.size)), tuple(rng.randrange(256) for _ in range(3)))
+            xy = (rng.randrange(self.size), rng.randrange(self.size))
+            img.putpixel(xy, tuple(rng.randrange(256) for _ in range(3)))
         return img
 
 
@@ -92,6 +95,8 @@ TASKS: dict[str, Task] = {t.name: t for t in (
     Task("shape", lambda s: "What shape is it?", lambda s: s.shape, SHAPES),
     Task("position", lambda s: "Where is the shape?", lambda s: s.position, POSITIONS),
     Task("box", lambda s: f"Give the box of the {s.colour} {s.shape}.", _box_answer),
+    Task("swapped", lambda s: "What is the swapped name of the colour?", lambda s: SWAPPED_NAMES[s.colour],
+         tuple(COLOURS)),
     Task("code", lambda s: "Which code word names the colour?", lambda s: CODE_WORDS[s.colour],
          tuple(CODE_WORDS.values())),
 )}
