@@ -18,12 +18,19 @@ from .redact import scrub
 PARTIAL = ".partial"  # suffix of a folder being filled
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: Path, text: str) -> None:
     """Write text, secrets redacted, to path through a temporary file and an atomic rename."""
     path, text = Path(path), scrub(text)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a result is as readable as any file the user writes
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -46,6 +53,7 @@ def staged_folder(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=PARTIAL))
     try:
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700
         yield stage
         # Move the previous folder aside in one rename rather than deleting it in place: a crash halfway
         # through a delete would leave a folder that still looks finished but lacks some of its files.

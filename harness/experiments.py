@@ -45,7 +45,7 @@ class Experiment:
     schedule: str = "constant"  # or "cosine" (with warm-up)
     generate: bool = False  # greedy generation on a real (drawn) image, twice: deterministic?
     merge: bool = False  # fold the LoRA into a dequantized 16-bit copy and compare its outputs
-    task: str = ""  # the shapes task trained and evaluated (harness.shapes)
+    tasks: tuple[str, ...] = ()  # the shapes tasks trained on and evaluated (harness.shapes)
     grid: int = 3  # shapes scenes: cells per side
 
     @property
@@ -58,7 +58,7 @@ EXPERIMENTS = {e.name: e for e in (
         "seed-qwen2.5-vl-feasibility", "Qwen2.5-VL-7B QLoRA feasibility: 4-bit load, LoRA on the language "
         "backbone, generation, Unsloth, batch 1 vs 2", "seed-qwen2.5-vl-feasibility.yaml", "profile",
         {"tiny": ("tiny",), "full": ("7b",)}, (VARIANTS["qlora"], VARIANTS["qlora-gc"], VARIANTS["unsloth"]),
-        {"tiny": (1, 2), "full": (1, 2)}, steps={"tiny": 2, "full": 10}, generate=True, task="colour"),
+        {"tiny": (1, 2), "full": (1, 2)}, steps={"tiny": 2, "full": 10}, generate=True, tasks=("colour",)),
     Experiment(
         "seed-clip-static-dynamic", "CLIP ViT-B/16 static vs dynamic memory: LoRA vs QLoRA vs QLoRA + GC",
         "seed-clip-static-dynamic.yaml", "profile", {"tiny": ("tiny",), "full": ("vit-b-16",)},
@@ -74,13 +74,13 @@ EXPERIMENTS = {e.name: e for e in (
         "seed-clip-few-shot", "CLIP ViT-B/16 few-shot: LoRA / QLoRA / DoRA on both encoders",
         "seed-clip-few-shot.yaml", "few-shot", {"tiny": ("tiny",), "full": ("vit-b-16",)},
         (LORA_16BIT, AS_WRITTEN, DORA), {"tiny": (2,), "full": (16,)}, steps={"tiny": 2, "full": 60},
-        task="position"),
+        tasks=("position",)),
     Experiment(
-        "seed-qwen2-vl-grounding", "Qwen2-VL-7B grounding SFT: boxes in the grounding format, IoU, merge, "
-        "memory budget", "seed-qwen2-vl-grounding.yaml", "grounding", {"tiny": ("tiny",), "full": ("7b",)},
+        "seed-qwen2-vl-grounding", "Qwen2-VL-7B grounding SFT: boxes and points in the grounding format, IoU, "
+        "merge, memory budget", "seed-qwen2-vl-grounding.yaml", "grounding", {"tiny": ("tiny",), "full": ("7b",)},
         (AS_WRITTEN,), {"tiny": (2,), "full": (2,)}, steps={"tiny": 2, "full": 12},
         grad_accum={"tiny": 2, "full": 8}, warmup_steps={"tiny": 1, "full": 2}, schedule="cosine",
-        merge=True, task="box"),
+        merge=True, tasks=("box", "point")),
 )}
 
 

@@ -1,7 +1,9 @@
-"""Boxes in Qwen2-VL's grounding format, and how well a predicted box covers the true one.
+"""Boxes and points in Qwen2-VL's grounding format, and how well a predicted one matches the truth.
 
 Qwen2-VL writes a box as `<|box_start|>(x1,y1),(x2,y2)<|box_end|>`, corners normalised to 0..1000 of the
 image's width and height, optionally after the phrase it refers to in `<|object_ref_start|>..<|object_ref_end|>`.
+Qwen2-VL has no point syntax of its own; a point is written here with the same tokens and scale and one
+coordinate pair, `<|box_start|>(x,y)<|box_end|>`, so it costs the same tokens a box corner does.
 """
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ SCALE = 1000  # Qwen2-VL normalises box corners to 0..1000 whatever the image si
 
 _BOX = re.compile(re.escape(BOX_START) + r"\s*\((\d+),\s*(\d+)\)\s*,\s*\((\d+),\s*(\d+)\)\s*" + re.escape(BOX_END))
 
+_POINT = re.compile(re.escape(BOX_START) + r"\s*\((\d+),\s*(\d+)\)\s*" + re.escape(BOX_END))
+
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
+Point = tuple[float, float]  # x, y in pixels
 
 
 def normalise(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
@@ -51,3 +56,36 @@ def iou(a: Box | None, b: Box | None) -> float:
 
 def _area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def format_point(point: Point, width: int, height: int, phrase: str | None = None) -> str:
+    """Return a pixel point in Qwen2-VL's grounding tokens (one coordinate pair on the 0..1000 scale)."""
+    x, y = point
+    ref = f"{REF_START}{phrase}{REF_END}" if phrase else ""
+    return f"{ref}{BOX_START}({int(x / width * SCALE)},{int(y / height * SCALE)}){BOX_END}"
+
+
+def parse_point(text: str, width: int, height: int) -> Point | None:
+    """Return the first point written in text, in pixels of a width x height image, or None if there is none."""
+    found = _POINT.search(text)
+    if found is None:
+        return None
+    x, y = (int(v) for v in found.groups())
+    return (x * width / SCALE, y * height / SCALE)
+
+
+def centre(box: Box) -> Point:
+    """Return a box's centre."""
+    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+
+def point_in_box(point: Point | None, box: Box) -> bool:
+    """Return whether a point lies inside a box (edges included); False when the point is missing."""
+    return point is not None and box[0] <= point[0] <= box[2] and box[1] <= point[1] <= box[3]
+
+
+def point_distance(point: Point | None, target: Point, width: int, height: int) -> float:
+    """Return the distance between two points as a share of the image diagonal; 1.0 when the point is missing."""
+    if point is None:
+        return 1.0
+    return ((point[0] - target[0]) ** 2 + (point[1] - target[1]) ** 2) ** 0.5 / (width ** 2 + height ** 2) ** 0.5

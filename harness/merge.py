@@ -59,6 +59,20 @@ def merged_weight(layer):
     return weight, bias
 
 
+def largest_delta_over_weight(model) -> float:
+    """Return the largest ||delta W|| / ||W|| (Frobenius) over the LoRA layers of a model: how far the adapter moves
+    its weights. Below the merge dtype's relative resolution (bf16: 2^-8), rounding the merged weight loses much of
+    the delta."""
+    from peft.tuners.lora import LoraLayer
+
+    worst = 0.0
+    for layer in (m for m in model.modules() if isinstance(m, LoraLayer)):
+        weight = dense_weight(layer.get_base_layer())
+        delta = merged_weight(layer)[0] - weight
+        worst = max(worst, float(delta.norm() / weight.norm()))
+    return worst
+
+
 def merged_state_dict(model, names) -> dict:
     """Return the tensors of the given state-dict names, taken from a (LoRA-wrapped, 4-bit) model and made dense."""
     import bitsandbytes as bnb

@@ -69,6 +69,33 @@ def load_results(folders) -> tuple[list[dict], list[dict]]:
     return experiments, profiles
 
 
+def join_parts(results: list[dict]) -> list[dict]:
+    """Return the experiment results with the parts of one run joined: a run split over sessions (`qlora-harness run
+    --model-size`) is one result per experiment, size, GPU and library versions, its arms in the experiment's
+    model-size order. An arm found in two parts keeps the later file's record."""
+    from . import experiments as seeds
+
+    joined: dict[tuple, dict] = {}
+    for result in results:
+        key = (result["experiment"], result["size"], result.get("gpu"), json.dumps(result.get("versions"), sort_keys=True))
+        whole = joined.setdefault(key, {**result, "records": [], "sources": [], "complete": True})
+        arms = {(r["model_size"], r["variant"]): r for r in whole["records"]}
+        arms.update({(r["model_size"], r["variant"]): r for r in result["records"]})
+        whole["records"] = list(arms.values())
+        whole["sources"].append(result["source"])
+        whole["complete"] = whole["complete"] and result.get("complete", False)
+    for whole in joined.values():
+        exp = seeds.EXPERIMENTS.get(whole["experiment"])
+        if exp is not None:
+            order = list(exp.sizes.get(whole["size"], ())) + [v.name for v in exp.variants]
+            whole["records"].sort(key=lambda r: (_index(order, r["model_size"]), _index(order, r["variant"])))
+    return list(joined.values())
+
+
+def _index(order: list, item) -> int:
+    return order.index(item) if item in order else len(order)
+
+
 def workload(record: dict) -> str:
     """Return the workload a profile record measured, e.g. 'qwen2.5-vl-7b' (family and size, no recipe)."""
     family = record.get("recipe", {}).get("family")
@@ -255,28 +282,42 @@ def _result(r: dict) -> str:
         fs = r["few_shot"]
         parts.append(f"{fs['task']} accuracy {fs['zero_shot_accuracy']:.2f} → {fs['few_shot_accuracy']:.2f} "
                      f"({fs['shots_per_class']} shots/class)")
-    if "grounding" in r:
-        g = r["grounding"]
-        parts.append(f"box IoU {g['mean_iou']:.2f}, parsed {g['parsed']:.0%}, IoU≥0.5 {g['iou_at_least_0.5']:.0%}, "
-                     f"format round trip ≥ {g['target_round_trip_min_iou']:.2f}")
+    box, point = r.get("grounding", {}).get("box"), r.get("grounding", {}).get("point")
+    if box:
+        parts.append(f"box IoU {box['mean_iou']:.2f}, parsed {box['parsed']:.0%}, IoU≥0.5 {box['iou_at_least_0.5']:.0%}, "
+                     f"format round trip IoU ≥ {box['target_round_trip_min_iou']:.2f}")
+    if point:
+        parts.append(f"point in box {point['in_box']:.0%}, parsed {point['parsed']:.0%}, mean distance "
+                     f"{point['mean_distance']:.2f} of the diagonal, format round trip ≤ "
+                     f"{point['target_round_trip_max_distance']:.3f}")
     if "merge" in r:
         m = r["merge"]
-        parts.append(f"merged: max Δlogit {m['max_abs_logit_delta_over_std']:.3f} σ, same greedy tokens "
-                     f"{'yes' if m['same_greedy_tokens'] else 'no'}")
+        for dtype in ("bfloat16", "float32"):
+            d = m.get(dtype, {})
+            parts.append(f"merged {dtype}: " + (d["skipped"] if "skipped" in d else
+                         f"max Δlogit {d['max_abs_logit_delta_over_std']:.3f} σ (mean {d['mean_abs_logit_delta_over_std']:.4f}), "
+                         f"same greedy tokens {'yes' if d['same_greedy_tokens'] else 'no'}"))
+        parts.append(f"the adapter moves logits up to {m['adapter_effect_over_std']:.2f} σ and weights up to "
+                     f"{m['largest_delta_over_weight']:.2%} (bf16 resolution {m['bf16_resolution']:.2%})"
+                     + (": under it, a bf16 merge rounds much of the adapter away; merge in float32 or serve the "
+                        "adapter unmerged" if m["largest_delta_over_weight"] < m["bf16_resolution"] else ""))
     if "generation" in r:
         parts.append(f"generation on {r['generation'].get('image', 'an image')}: deterministic "
                      f"{'yes' if r['generation']['deterministic'] else 'no'}")
     return "; ".join(parts) or "—"
 
 
-def experiment_section(result: dict) -> tuple[str, list[Chart]]:
-    """Return the Markdown of one experiment's results and the charts it shows."""
-    name, records = result["experiment"], result["records"]
+def experiment_section(result: dict, name: str | None = None) -> tuple[str, list[Chart]]:
+    """Return the Markdown of one experiment's results and the charts it shows (their files named after name, by
+    default the experiment's)."""
+    name, records = name or result["experiment"], result["records"]
     where = f"GPU {result['gpu']}" if result.get("gpu") else "CPU (no VRAM figures: GPU only)"
     settings = ", ".join(f"{k} {v}" for k, v in result.get("settings", {}).items() if v not in ("", None))
     text = [f"## {result['title']}", "",
             f"`{result['recipe']}` at {result['size']} size on {where}; {versions_line(result)}; {settings}."
-            + ("" if result.get("complete") else " **Incomplete: the run stopped before its last arm.**"), "",
+            + ("" if result.get("complete") else " **Incomplete: the run stopped before its last arm.**")
+            + " Results: " + ", ".join(f"`{Path(s).name}`" for s in result.get("sources", [result.get("source", "")]))
+            + ".", "",
             _arm_summary(records)]
     ok = [r for r in records if r["status"] == "ok"]
     charts = [vram_by_batch(f"{name}-vram", f"{name}: peak VRAM by batch size",
@@ -332,7 +373,11 @@ def write_report(folders, out: Path) -> Report:
     if not experiments and not profiles:
         raise HarnessError(f"no results found in {', '.join(str(f) for f in folders)}: expected the JSON files of "
                            "`qlora-harness run` or GPU profile records; run an experiment first")
-    sections = [experiment_section(e) for e in experiments]
+    sections, seen = [], {}
+    for e in join_parts(experiments):  # the same experiment twice (another GPU or versions): its charts numbered
+        seen[e["experiment"]] = seen.get(e["experiment"], 0) + 1
+        n = seen[e["experiment"]]
+        sections.append(experiment_section(e, e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
     groups: dict[str, list[dict]] = {}
     for r in profiles:
         groups.setdefault(workload(r), []).append(r)

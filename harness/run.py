@@ -56,7 +56,7 @@ def run_experiment(exp: experiments.Experiment, size: str, out_dir: Path, cache_
     result = {"experiment": exp.name, "title": exp.title, "recipe": f"recipes/{exp.recipe}", "kind": exp.kind,
               "size": size, "device": device, "gpu": env.gpu_fingerprint() if device == "cuda" else None,
               "versions": env.library_versions(),
-              "settings": {**settings, "schedule": exp.schedule, "task": exp.task, "grid": exp.grid},
+              "settings": {**settings, "schedule": exp.schedule, "tasks": list(exp.tasks), "grid": exp.grid},
               "complete": False, "records": []}
     suffix = "" if chosen == list(exp.sizes[size]) else "--" + "-".join(chosen)
     path = Path(out_dir) / f"{exp.name}{suffix}.json"
@@ -193,14 +193,15 @@ def _train_and_evaluate(record, exp, h, size, image, seq, device, out_dir, progr
     if exp.kind == "few-shot":
         scenes = {"image_size": image, "grid": exp.grid, "span": 1}
         shots = 4
-        result = learn.few_shot_clip(h.model, h.processor, recipe, exp.task, FEW_SHOT_PROMPT, scenes, shots, steps)
-        record["few_shot"] = {"task": exp.task, "shots_per_class": shots, "zero_shot_accuracy": result.before,
+        task = exp.tasks[0]
+        result = learn.few_shot_clip(h.model, h.processor, recipe, task, FEW_SHOT_PROMPT, scenes, shots, steps)
+        record["few_shot"] = {"task": task, "shots_per_class": shots, "zero_shot_accuracy": result.before,
                               "few_shot_accuracy": result.after}
         record["losses"] = result.losses
     elif steps:
         batch_size = exp.batch_sizes[size][0]
         accum = exp.grad_accum[size]
-        batches = seed_tasks.training_batches(family, h.processor, exp.task, steps * accum, batch_size, image, seq,
+        batches = seed_tasks.training_batches(family, h.processor, exp.tasks, steps * accum, batch_size, image, seq,
                                               exp.grid)
         optimizer = train.make_optimizer(h.model, recipe)
         scheduler = seed_tasks.schedule(optimizer, exp.schedule, exp.warmup_steps[size], steps)
@@ -214,8 +215,9 @@ def _train_and_evaluate(record, exp, h, size, image, seq, device, out_dir, progr
         record["figures"]["training_peak_allocated_bytes"] = torch.cuda.max_memory_allocated()
     if exp.generate:
         record["generation"] = seed_tasks.generation(h.model, family, h.processor, image, device)
-    if exp.task == "box":
-        record["grounding"] = seed_tasks.grounding_eval(h.model, family, h.processor, image, exp.grid,
+    grounded = [t for t in exp.tasks if t in seed_tasks.GROUNDING_TASKS]
+    if grounded:
+        record["grounding"] = seed_tasks.grounding_eval(h.model, family, h.processor, grounded, image, exp.grid,
                                                         6 if size == "tiny" else 24)
     if exp.merge:
         folder = out_dir / "merged" / h.case.id if size == "tiny" else None  # a 7B merge is 15 GB: compared, not saved

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable, Iterator, Sequence
 
 from . import grounding, inputs, learn, shapes, train
 from .errors import unknown
 from .families import DUAL_ENCODER, LLM
 
 EVAL_SEED = 10_000  # held-out scenes; training draws from seed 1 on
+GROUNDING_TASKS = ("box", "point")
 
 
 def describe(scene: shapes.Scene) -> str:
@@ -18,9 +19,10 @@ def describe(scene: shapes.Scene) -> str:
     return f"The {scene.colour} {scene.shape} is at the {scene.position}."
 
 
-def training_batches(family, processor, task: str, count: int, batch_size: int, image: int, seq_len: int,
+def training_batches(family, processor, tasks: Sequence[str], count: int, batch_size: int, image: int, seq_len: int,
                      grid: int) -> Iterator:
-    """Yield count training batches: shapes questions with images (VLM), scene descriptions (LLM), or CLIP pairs."""
+    """Yield count training batches: shapes questions with images (VLM, each asking one of tasks), scene
+    descriptions (LLM), or CLIP pairs."""
     if family.kind == DUAL_ENCODER:
         for step in range(count):
             scenes = shapes.scenes(batch_size, 1 + step, image, grid)
@@ -37,7 +39,7 @@ def training_batches(family, processor, task: str, count: int, batch_size: int, 
             yield inputs.build_inputs(family, processor, ["Describe the scenes."] * batch_size, answers=texts,
                                       padding_side="right")
         return
-    yield from learn.shape_batches(family, processor, [task], count, batch_size, 1, image, grid)
+    yield from learn.shape_batches(family, processor, list(tasks), count, batch_size, 1, image, grid)
 
 
 def schedule(optimizer, name: str, warmup_steps: int, steps: int):
@@ -125,23 +127,52 @@ def generation(model, family, processor, image_size: int, device: str) -> dict:
             "deterministic": bool(torch.equal(first, second))}
 
 
-def grounding_eval(model, family, processor, image: int, grid: int, count: int) -> dict:
-    """Return box answers on held-out scenes scored against the truth: mean IoU, share parsed, share with IoU >= 0.5;
-    and the worst IoU of the targets written in the grounding format and parsed back (the format's round trip)."""
-    samples = shapes.ask(shapes.scenes(count, EVAL_SEED, image, grid), "box")
-    answers = learn.generate_answers(model, family, processor, samples)
+def grounding_eval(model, family, processor, tasks: Sequence[str], image: int, grid: int, count: int) -> dict:
+    """Return, per grounding task ('box', 'point'), the answers on held-out scenes scored against the truth, and how
+    well the targets survive being written in the grounding format and parsed back (the format's round trip)."""
+    scenes = shapes.scenes(count, EVAL_SEED, image, grid)
+    out = {}
+    for task in tasks:
+        if task not in GROUNDING_TASKS:
+            raise unknown("grounding task", task, GROUNDING_TASKS)
+        samples = shapes.ask(scenes, task)
+        answers = learn.generate_answers(model, family, processor, samples)
+        score = _box_scores if task == "box" else _point_scores
+        out[task] = {**score(answers, samples, image), "count": count, "example_target": samples[0].answer,
+                     "example_answer": answers[0]}
+    return out
+
+
+def _box_scores(answers: list[str], samples, image: int) -> dict:
+    """Mean IoU, share with IoU >= 0.5, share parsed; the worst IoU of a target parsed back."""
     boxes = [grounding.parse_box(a, image, image) for a in answers]
     ious = [grounding.iou(b, s.scene.box) for b, s in zip(boxes, samples)]
-    round_trip = [grounding.iou(grounding.parse_box(s.answer, image, image), s.scene.box) for s in samples]
-    return {"count": count, "mean_iou": sum(ious) / count, "parsed": sum(b is not None for b in boxes) / count,
-            "iou_at_least_0.5": sum(i >= shapes.IOU_CORRECT for i in ious) / count,
-            "target_round_trip_min_iou": min(round_trip), "example_target": samples[0].answer,
-            "example_answer": answers[0]}
+    trip = [grounding.iou(grounding.parse_box(s.answer, image, image), s.scene.box) for s in samples]
+    return {"mean_iou": sum(ious) / len(ious), "iou_at_least_0.5": sum(i >= shapes.IOU_CORRECT for i in ious) / len(ious),
+            "parsed": sum(b is not None for b in boxes) / len(boxes), "target_round_trip_min_iou": min(trip)}
+
+
+def _point_scores(answers: list[str], samples, image: int) -> dict:
+    """Share inside the shape's box, mean distance to its centre (share of the diagonal), share parsed; the largest
+    distance of a target parsed back."""
+    points = [grounding.parse_point(a, image, image) for a in answers]
+    centres = [grounding.centre(s.scene.box) for s in samples]
+    distances = [grounding.point_distance(p, c, image, image) for p, c in zip(points, centres)]
+    trip = [grounding.point_distance(grounding.parse_point(s.answer, image, image), c, image, image)
+            for s, c in zip(samples, centres)]
+    return {"in_box": sum(grounding.point_in_box(p, s.scene.box) for p, s in zip(points, samples)) / len(points),
+            "mean_distance": sum(distances) / len(distances), "parsed": sum(p is not None for p in points) / len(points),
+            "target_round_trip_max_distance": max(trip)}
 
 
 def merge_check(model, family, processor, image: int, folder: Path | None) -> dict:
-    """Return how a merged 16-bit copy (dequantized base + LoRA) agrees with the adapted 4-bit model: max |delta| of
-    the logits as a share of their standard deviation, and equal greedy tokens; saved to folder when given."""
+    """Return how merged copies (dequantized base + LoRA) agree with the adapted 4-bit model, on a held-out scene.
+
+    The deployable copy is bf16 (saved to folder when given); a float32 copy is compared too, as the reference
+    that only the 4-bit kernels separate from the adapter model. Each: max and mean |delta logits| over the logits'
+    spread (std) and whether greedy tokens agree. Beside them: how far the adapter moves the logits, and the largest
+    ||delta W|| / ||W||: a delta under bf16's resolution (2^-8 relative) is partly rounded away in a bf16 merge.
+    """
     import torch
 
     from . import merge
@@ -151,14 +182,27 @@ def merge_check(model, family, processor, image: int, folder: Path | None) -> di
     scene = shapes.scenes(1, EVAL_SEED, image)[0]
     batch = inputs.build_inputs(family, processor, ["Give the box of the shape."], [scene.image()]).to(device)
     adapted = logits(model, batch).float()
+    spread = adapted.std()
     adapted_tokens = greedy(model, batch)
-    merged = merge.merged_model(model)
-    out = logits(merged, batch).float()
-    result = {"max_abs_logit_delta_over_std": float((out - adapted).abs().max() / adapted.std()),
-              "same_greedy_tokens": bool(torch.equal(greedy(merged, batch), adapted_tokens)),
+    with model.disable_adapter():
+        base = logits(model, batch).float()
+    result = {"adapter_effect_over_std": float((adapted - base).abs().max() / spread),
+              "largest_delta_over_weight": merge.largest_delta_over_weight(model), "bf16_resolution": 2.0**-8,
               "saved_to": None}
-    if folder is not None:
-        save_merged(merged, processor, folder)
-        result["saved_to"] = str(folder)
-    del merged
+    for dtype in ("bfloat16", "float32"):
+        try:
+            merged = merge.merged_model(model, dtype)
+        except torch.OutOfMemoryError:
+            result[dtype] = {"skipped": f"no room for a {dtype} copy of the model next to the 4-bit one"}
+            continue
+        out = logits(merged, batch).float()
+        result[dtype] = {"max_abs_logit_delta_over_std": float((out - adapted).abs().max() / spread),
+                         "mean_abs_logit_delta_over_std": float((out - adapted).abs().mean() / spread),
+                         "same_greedy_tokens": bool(torch.equal(greedy(merged, batch), adapted_tokens))}
+        if dtype == "bfloat16" and folder is not None:
+            save_merged(merged, processor, folder)
+            result["saved_to"] = str(folder)
+        del merged
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
     return result

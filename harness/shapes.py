@@ -1,4 +1,4 @@
-"""The shapes task: one coloured shape in a cell of a grid, and questions about its colour, shape, position and box.
+"""The shapes task: a coloured shape in a cell of a grid; questions on its colour, shape, position, box, point.
 
 Scenes are drawn with PIL from a seed, so a data set is a (count, seed, size, grid) tuple, never a folder.
 Scene i has colour i mod 4 and shape (i div 4) mod 3, so any 12 consecutive scenes hold every colour x shape
@@ -78,7 +78,7 @@ class Scene:
 
 @dataclass(frozen=True)
 class Task:
-    """A question about a scene: its prompt, its answer, and the answers it may have (empty for boxes)."""
+    """A question about a scene: its prompt, its answer, and the answers it may have (empty for boxes and points)."""
 
     name: str
     question: Callable[[Scene], str]
@@ -90,11 +90,16 @@ def _box_answer(scene: Scene) -> str:
     return grounding.format_box(scene.box, scene.size, scene.size)
 
 
+def _point_answer(scene: Scene) -> str:
+    return grounding.format_point(grounding.centre(scene.box), scene.size, scene.size)
+
+
 TASKS: dict[str, Task] = {t.name: t for t in (
     Task("colour", lambda s: "What colour is the shape?", lambda s: s.colour, tuple(COLOURS)),
     Task("shape", lambda s: "What shape is it?", lambda s: s.shape, SHAPES),
     Task("position", lambda s: "Where is the shape?", lambda s: s.position, POSITIONS),
     Task("box", lambda s: f"Give the box of the {s.colour} {s.shape}.", _box_answer),
+    Task("point", lambda s: f"Point to the {s.colour} {s.shape}.", _point_answer),
     Task("swapped", lambda s: "What is the swapped name of the colour?", lambda s: SWAPPED_NAMES[s.colour],
          tuple(COLOURS)),
     Task("code", lambda s: "Which code word names the colour?", lambda s: CODE_WORDS[s.colour],
@@ -153,10 +158,13 @@ def parse_choice(text: str, choices: Sequence[str]) -> str | None:
 
 
 def is_correct(sample: Sample, text: str) -> bool:
-    """Return whether a generated answer is right: the expected choice named first, or a box with IoU >= 0.5."""
+    """Return whether a generated answer is right: the expected choice named first, a box with IoU >= 0.5, or a
+    point inside the shape's box."""
+    size = sample.scene.size
     if sample.task == "box":
-        size = sample.scene.size
         return grounding.iou(grounding.parse_box(text, size, size), sample.scene.box) >= IOU_CORRECT
+    if sample.task == "point":
+        return grounding.point_in_box(grounding.parse_point(text, size, size), sample.scene.box)
     return parse_choice(text, get_task(sample.task).choices) == sample.answer
 
 

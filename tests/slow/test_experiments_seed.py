@@ -68,10 +68,13 @@ def test_rank_ablation_trainable_params_grow_with_the_rank(results):
 
 def test_grounding_targets_round_trip_and_the_merge_agrees(results):
     r = _arms(results, "seed-qwen2-vl-grounding")["recipe"]
-    g, m = r["grounding"], r["merge"]
-    assert g["target_round_trip_min_iou"] > 0.95 and g["example_target"].startswith("<|box_start|>")
-    assert 0 <= g["mean_iou"] <= 1
-    assert m["same_greedy_tokens"] and m["max_abs_logit_delta_over_std"] < 0.1
+    box, point, m = r["grounding"]["box"], r["grounding"]["point"], r["merge"]
+    assert box["target_round_trip_min_iou"] > 0.95 and box["example_target"].startswith("<|box_start|>(")
+    assert point["target_round_trip_max_distance"] < 0.01 and point["example_target"].count(",") == 1
+    assert 0 <= box["mean_iou"] <= 1 and 0 <= point["in_box"] <= 1
+    for dtype in ("bfloat16", "float32"):
+        assert m[dtype]["same_greedy_tokens"] and m[dtype]["max_abs_logit_delta_over_std"] < 0.1, dtype
+    assert m["largest_delta_over_weight"] > 0 and m["saved_to"]
     assert r["training"]["grad_accum"] == 2 and r["training"]["schedule"] == "cosine"
 
 

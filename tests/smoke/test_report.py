@@ -82,3 +82,32 @@ def test_an_empty_results_folder_is_refused_by_name(tmp_path, capsys):
     assert "no results found" in capsys.readouterr().err
     with pytest.raises(HarnessError, match="does not exist"):
         report.load_results([tmp_path / "missing"])
+
+
+def test_a_run_split_over_sessions_reads_as_one_experiment(tmp_path):
+    import json
+
+    whole = json.loads(next((H200 / "seed").glob("seed-qwen2.5-rank-ablation--*.json")).read_text())
+    sizes = list(dict.fromkeys(r["model_size"] for r in whole["records"]))
+    assert len(sizes) > 1
+    for size in reversed(sizes):  # written last first: the joined arms still follow the experiment's size order
+        part = {**whole, "records": [r for r in whole["records"] if r["model_size"] == size]}
+        (tmp_path / f"seed-qwen2.5-rank-ablation--{size}.json").write_text(json.dumps(part))
+    experiments, _ = report.load_results([tmp_path])
+    (joined,) = report.join_parts(experiments)
+    assert [(r["model_size"], r["variant"]) for r in joined["records"]] == \
+        [(r["model_size"], r["variant"]) for r in whole["records"]]
+    assert joined["complete"] and len(joined["sources"]) == len(sizes)
+    written = report.write_report([tmp_path], tmp_path / "out")
+    rank_vram = next(c for c in written.charts if c.name == "seed-qwen2.5-rank-ablation-rank-vram")
+    assert {label.split(",")[0] for label in rank_vram.series} == set(sizes)
+
+
+def test_an_incomplete_part_marks_the_joined_run_incomplete(tmp_path):
+    import json
+
+    whole = json.loads((H200 / "seed" / "seed-clip-static-dynamic.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps({**whole, "records": whole["records"][:1]}))
+    (tmp_path / "b.json").write_text(json.dumps({**whole, "records": whole["records"][1:], "complete": False}))
+    (joined,) = report.join_parts(report.load_results([tmp_path])[0])
+    assert not joined["complete"] and len(joined["records"]) == len(whole["records"])

@@ -438,3 +438,17 @@ def test_no_token_from_the_environment_is_written_into_a_record(tmp_path, monkey
         text = written.read_text()
         assert token not in text and github not in text and "<redacted>" in text
     assert baselines.read_baseline(path)["figures"] == record["figures"]
+
+
+def test_written_records_and_folders_get_the_user_s_usual_permissions(tmp_path):
+    import os
+
+    previous = os.umask(0o022)
+    try:
+        atomic.write_json(tmp_path / "record.json", {"a": 1})
+        with atomic.staged_folder(tmp_path / "merged") as stage:
+            (stage / "config.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "record.json").stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600
+    assert (tmp_path / "merged").stat().st_mode & 0o777 == 0o755  # not mkdtemp's 0700
