@@ -115,13 +115,13 @@ def merged_model(model, dtype: str = "bfloat16"):
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     config = copy.deepcopy(base.config)
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            delattr(config, attr)
+    for sub in _configs(config):  # transformers 4.57 also marks the text and vision configs as quantized
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if attr in vars(sub):
+                delattr(sub, attr)
     target = getattr(torch, dtype)
-    for sub in (config, config.get_text_config(), getattr(config, "vision_config", None)):
-        if sub is not None:
-            sub.dtype = target  # some models cast their inputs to the config's dtype
+    for sub in _configs(config):
+        sub.dtype = target  # some models cast their inputs to the config's dtype
     device = next(p.device for p in base.parameters())
     previous = torch.get_default_dtype()
     torch.set_default_dtype(target)
@@ -149,6 +149,12 @@ def save_processor(processor, folder: Path) -> None:
     template = getattr(processor, "chat_template", None) if parts else None
     if isinstance(template, str):
         (Path(folder) / "chat_template.jinja").write_text(template)
+
+
+def _configs(config) -> list:
+    """Return a config and its distinct sub-configs (text, vision)."""
+    subs = [config, config.get_text_config(), getattr(config, "vision_config", None)]
+    return [c for i, c in enumerate(subs) if c is not None and all(c is not d for d in subs[:i])]
 
 
 def save_merged(model, processor, folder: Path) -> Path:

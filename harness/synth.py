@@ -30,11 +30,15 @@ def default_cache_dir(environ: os._Environ | dict = os.environ) -> Path:
 
 
 def make_config(family: FamilySpec, size: str):
-    """Return the transformers config of a family at a size."""
+    """Return the transformers config of a family at a size (the family's data left as it was)."""
+    import copy
+
     import transformers
 
     check_size(family, size)
-    return getattr(transformers, family.config_class)(**family.sizes[size])
+    # a copy: transformers 5 rewrites the rope_scaling dict it is given in place (adding rope_theta), which would
+    # change the family's data, and with it every later config and checkpoint key in the process
+    return getattr(transformers, family.config_class)(**copy.deepcopy(family.sizes[size]))
 
 
 def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:

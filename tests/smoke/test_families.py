@@ -51,3 +51,18 @@ def test_tiny_linear_layers_fit_whole_4bit_blocks():
         model = meta_model(spec, make_config(spec, "tiny"))
         sizes = [m.weight.numel() for m in model.modules() if type(m).__name__ == "Linear"]
         assert sizes and all(n % 64 == 0 for n in sizes), name
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl", "qwen2.5-vl", "qwen2.5", "clip"])
+def test_building_a_config_leaves_the_family_s_data_as_it_was(name):
+    import copy
+
+    from harness import synth
+
+    family = get_family(name)
+    before = copy.deepcopy(family.sizes)
+    key = synth.checkpoint_key(family, "tiny", 0)
+    for size in family.sizes:
+        synth.make_config(family, size)
+    assert family.sizes == before  # transformers 5 rewrites a rope_scaling dict it is handed
+    assert synth.checkpoint_key(family, "tiny", 0) == key

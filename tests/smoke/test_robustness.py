@@ -352,7 +352,8 @@ def test_the_next_test_starts_without_what_the_failed_test_held(held_at_setup):
 
 def test_the_harness_sets_offline_mode_before_the_hub_client_is_imported():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
-    done = subprocess.run([sys.executable, "-c", "import harness.load, huggingface_hub.constants as c; print(c.is_offline_mode())"],
+    # HF_HUB_OFFLINE is read once, when huggingface_hub.constants is imported (is_offline_mode() is newer than 0.x)
+    done = subprocess.run([sys.executable, "-c", "import harness.load, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
 

@@ -1,0 +1,69 @@
+"""Checkpoints written for both transformers 4.57 and 5.x: the published config layout (rope_theta + rope_scaling,
+additional_special_tokens) reads back as the same model settings as what save_pretrained wrote."""
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import transformers
+
+from harness import layout
+from harness.errors import HarnessError
+from harness.families import get_family
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "checkpoints"
+
+
+def _tiny_config(family_name: str, rope_theta: float):
+    family = get_family(family_name)
+    kwargs = copy.deepcopy(dict(family.sizes["tiny"]))
+    text = kwargs["text_config"]
+    text["rope_theta"] = rope_theta
+    if "rope_parameters" in text:  # transformers 5 may have written it into the family's dict; it wins over rope_theta
+        text["rope_parameters"]["rope_theta"] = rope_theta
+    return getattr(transformers, family.config_class)(**kwargs)
+
+
+def _rope(config) -> tuple:
+    text = config.get_text_config()
+    params = getattr(text, "rope_parameters", None) or {}
+    scaling = getattr(text, "rope_scaling", None) or {}
+    return (params.get("rope_theta", getattr(text, "rope_theta", None)),
+            params.get("mrope_section", scaling.get("mrope_section")))
+
+
+@pytest.mark.parametrize("family_name", ["qwen2-vl", "qwen2.5-vl"])
+def test_the_published_layout_reads_back_as_the_same_rotary_settings(family_name, tmp_path):
+    config = _tiny_config(family_name, rope_theta=2.0)
+    config.save_pretrained(tmp_path)
+    written = json.loads((tmp_path / "config.json").read_text())
+    layout.write_published_layout(tmp_path)
+    published = json.loads((tmp_path / "config.json").read_text())
+
+    assert "rope_parameters" not in json.dumps(published)
+    assert published["text_config"]["rope_theta"] == 2.0
+    assert published["text_config"]["rope_scaling"]["mrope_section"]  # 4.57 writes this layout itself (type 'default')
+    back = transformers.AutoConfig.from_pretrained(tmp_path)
+    assert _rope(back) == _rope(config) == (2.0, written["text_config"].get("rope_parameters", {}).get(
+        "mrope_section", written["text_config"].get("rope_scaling", {}).get("mrope_section")))
+
+
+def test_a_list_of_extra_special_tokens_becomes_additional_special_tokens():
+    tokens = ["<|im_start|>", "<|box_start|>"]
+    out = layout.published_tokenizer_config({"extra_special_tokens": tokens, "eos_token": "<|im_end|>"})
+    assert out == {"additional_special_tokens": tokens, "eos_token": "<|im_end|>"}
+    as_dict = {"extra_special_tokens": {"image_token": "<|image_pad|>"}}
+    assert layout.published_tokenizer_config(as_dict) == as_dict  # a dict is read by 4.57 as it is
+
+
+def test_a_rotary_4_57_cannot_express_is_refused_by_name():
+    with pytest.raises(HarnessError, match="vision_config: axial rotary with rope_theta 500.0"):
+        layout.published_config({"vision_config": {"rope_parameters": {"rope_type": "axial", "rope_theta": 500.0}}})
+
+
+@pytest.mark.parametrize("name", ["qwen2-vl-shapes", "qwen2.5-vl-shapes", "clip-shapes"])
+def test_the_committed_fixtures_are_in_the_published_layout(name):
+    config = json.loads((FIXTURES / name / "config.json").read_text())
+    tokenizer = json.loads((FIXTURES / name / "tokenizer_config.json").read_text())
+    assert layout.published_config(config) == config
+    assert layout.published_tokenizer_config(tokenizer) == tokenizer
