@@ -13,34 +13,51 @@ REF_START, REF_END = "<|object_ref_start|>", "<|object_ref_end|>"
 BOX_START, BOX_END = "<|box_start|>", "<|box_end|>"
 SCALE = 1000  # Qwen2-VL normalises box corners to 0..1000 whatever the image size
 
-_BOX = re.compile(re.escape(BOX_START) + r"\s*\((\d+),\s*(\d+)\)\s*,\s*\((\d+),\s*(\d+)\)\s*" + re.escape(BOX_END))
-
-_POINT = re.compile(re.escape(BOX_START) + r"\s*\((\d+),\s*(\d+)\)\s*" + re.escape(BOX_END))
+_PAIR = r"\s*\((\d+),\s*(\d+)\)\s*"
+_BOX = re.compile(re.escape(BOX_START) + _PAIR + "," + _PAIR + re.escape(BOX_END))
+_POINT = re.compile(re.escape(BOX_START) + _PAIR + re.escape(BOX_END))
 
 Box = tuple[float, float, float, float]  # x1, y1, x2, y2 in pixels
 Point = tuple[float, float]  # x, y in pixels
 
 
-def normalise(box: Box, width: int, height: int) -> tuple[int, int, int, int]:
-    """Return a pixel box's corners on Qwen2-VL's 0..1000 scale."""
-    x1, y1, x2, y2 = box
-    return (int(x1 / width * SCALE), int(y1 / height * SCALE), int(x2 / width * SCALE), int(y2 / height * SCALE))
+def normalise(xys: tuple[float, ...], width: int, height: int) -> tuple[int, ...]:
+    """Return pixel coordinates (x, y, x, y, ...) on Qwen2-VL's 0..1000 scale."""
+    return tuple(int(v / (width if i % 2 == 0 else height) * SCALE) for i, v in enumerate(xys))
+
+
+def _write(xys: tuple[float, ...], width: int, height: int, phrase: str | None) -> str:
+    scaled = normalise(xys, width, height)
+    pairs = ",".join(f"({x},{y})" for x, y in zip(scaled[::2], scaled[1::2]))
+    ref = f"{REF_START}{phrase}{REF_END}" if phrase else ""
+    return f"{ref}{BOX_START}{pairs}{BOX_END}"
+
+
+def _read(pattern: re.Pattern, text: str, width: int, height: int) -> tuple[float, ...] | None:
+    found = pattern.search(text)
+    if found is None:
+        return None
+    return tuple(int(v) * (width if i % 2 == 0 else height) / SCALE for i, v in enumerate(found.groups()))
 
 
 def format_box(box: Box, width: int, height: int, phrase: str | None = None) -> str:
     """Return a pixel box as Qwen2-VL writes it, after its referring phrase when one is given."""
-    x1, y1, x2, y2 = normalise(box, width, height)
-    ref = f"{REF_START}{phrase}{REF_END}" if phrase else ""
-    return f"{ref}{BOX_START}({x1},{y1}),({x2},{y2}){BOX_END}"
+    return _write(box, width, height, phrase)
 
 
 def parse_box(text: str, width: int, height: int) -> Box | None:
     """Return the first box written in text, in pixels of a width x height image, or None if there is none."""
-    found = _BOX.search(text)
-    if found is None:
-        return None
-    x1, y1, x2, y2 = (int(v) for v in found.groups())
-    return (x1 * width / SCALE, y1 * height / SCALE, x2 * width / SCALE, y2 * height / SCALE)
+    return _read(_BOX, text, width, height)
+
+
+def format_point(point: Point, width: int, height: int, phrase: str | None = None) -> str:
+    """Return a pixel point in Qwen2-VL's grounding tokens (one coordinate pair on the 0..1000 scale)."""
+    return _write(point, width, height, phrase)
+
+
+def parse_point(text: str, width: int, height: int) -> Point | None:
+    """Return the first point written in text, in pixels of a width x height image, or None if there is none."""
+    return _read(_POINT, text, width, height)
 
 
 def iou(a: Box | None, b: Box | None) -> float:
@@ -57,21 +74,6 @@ def iou(a: Box | None, b: Box | None) -> float:
 def _area(box: Box) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 
-
-def format_point(point: Point, width: int, height: int, phrase: str | None = None) -> str:
-    """Return a pixel point in Qwen2-VL's grounding tokens (one coordinate pair on the 0..1000 scale)."""
-    x, y = point
-    ref = f"{REF_START}{phrase}{REF_END}" if phrase else ""
-    return f"{ref}{BOX_START}({int(x / width * SCALE)},{int(y / height * SCALE)}){BOX_END}"
-
-
-def parse_point(text: str, width: int, height: int) -> Point | None:
-    """Return the first point written in text, in pixels of a width x height image, or None if there is none."""
-    found = _POINT.search(text)
-    if found is None:
-        return None
-    x, y = (int(v) for v in found.groups())
-    return (x * width / SCALE, y * height / SCALE)
 
 
 def centre(box: Box) -> Point:

@@ -122,16 +122,27 @@ def keep_4bit_layout(model) -> None:
 
 
 def fit(model, batches: Iterable, optimizer, scheduler=None,
-        on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Run one training step per batch (LoRA or full weights, whatever requires grad); return the losses."""
+        on_step: Callable[[int, float], None] | None = None, grad_accum: int = 1) -> list[float]:
+    """Run optimizer steps of grad_accum batches each (LoRA or full weights, whatever requires grad); return each
+    step's loss (the mean over its batches)."""
     device = next(model.parameters()).device
-    losses = []
-    for step, batch in enumerate(batches):
-        losses.append(train.train_step(model, batch.to(device), optimizer))
-        if scheduler is not None:
-            scheduler.step()
-        if on_step is not None:
-            on_step(step, losses[-1])
+    model.train()
+    losses, micro, total = [], 0, 0.0
+    optimizer.zero_grad(set_to_none=True)
+    for batch in batches:
+        loss = train.forward_loss(model, batch.to(device)) / grad_accum
+        loss.backward()
+        total += float(loss.detach())
+        micro += 1
+        if micro == grad_accum:
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(total)
+            if on_step is not None:
+                on_step(len(losses) - 1, total)
+            micro, total = 0, 0.0
     return losses
 
 

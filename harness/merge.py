@@ -35,15 +35,16 @@ def dense_weight(module, chunk: int = 4096):
     return torch.cat(rows).T.contiguous()
 
 
-def merged_weight(layer):
-    """Return (weight, bias) of a peft LoRA layer with its active adapters folded in, in float32 (LoRA and DoRA)."""
+def merged_weight(layer, weight=None):
+    """Return (weight, bias) of a peft LoRA layer with its active adapters folded in, in float32 (LoRA and DoRA);
+    weight: the base layer's dense_weight when the caller has it already."""
     import torch
 
     if getattr(layer, "fan_in_fan_out", False):
         raise HarnessError(f"merging {type(layer).__name__}: fan_in_fan_out (Conv1D) layers are not supported; "
                            "merge with peft's merge_and_unload on a 16-bit model instead")
     base = layer.get_base_layer()
-    weight = dense_weight(base)
+    weight = dense_weight(base) if weight is None else weight
     bias = None if base.bias is None else base.bias.detach().to(torch.float32).clone()
     for adapter in layer.active_adapters:
         if adapter not in layer.lora_A:
@@ -68,7 +69,7 @@ def largest_delta_over_weight(model) -> float:
     worst = 0.0
     for layer in (m for m in model.modules() if isinstance(m, LoraLayer)):
         weight = dense_weight(layer.get_base_layer())
-        delta = merged_weight(layer)[0] - weight
+        delta = merged_weight(layer, weight)[0] - weight
         worst = max(worst, float(delta.norm() / weight.norm()))
     return worst
 

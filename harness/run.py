@@ -15,7 +15,7 @@ import traceback
 from pathlib import Path
 from typing import Callable
 
-from . import env, estimate, experiments, inputs, pipeline, seed_tasks, train, variants
+from . import env, estimate, experiments, inputs, learn, pipeline, seed_tasks, train, variants
 from .atomic import write_json
 from .errors import HarnessError
 from .recipe import load_recipe
@@ -140,7 +140,7 @@ def _peft(record, exp, case, variant, size, device, cache_dir, out_dir, progress
         record["absent"].update({p.format(n=n): NO_GPU for n in batch_sizes for p in GPU_ONLY_PER_BATCH})
     h = pipeline.harness(case, cache_dir, device)
     model = h.model
-    seed_tasks.keep_training_layout(model)
+    learn.keep_4bit_layout(model)  # experiments evaluate between training steps
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     counts = estimate.meta_counts(family, case.size, recipe)
     record.update(trainable_params=trainable, expected_trainable_params=h.expected_trainable,
@@ -182,8 +182,6 @@ def _cpu_steps(figures: dict, h, batch_sizes, image: int, seq: int, training: bo
 
 def _train_and_evaluate(record, exp, h, size, image, seq, device, out_dir, progress) -> None:
     """Run what the experiment measures beyond memory: loss curve, few-shot accuracy, grounding, generation, merge."""
-    from . import learn
-
     steps = exp.steps[size]
     family, recipe = h.case.family, h.case.recipe
     if device == "cuda":
@@ -205,8 +203,8 @@ def _train_and_evaluate(record, exp, h, size, image, seq, device, out_dir, progr
                                               exp.grid)
         optimizer = train.make_optimizer(h.model, recipe)
         scheduler = seed_tasks.schedule(optimizer, exp.schedule, exp.warmup_steps[size], steps)
-        record["losses"] = seed_tasks.fit(h.model, batches, optimizer, accum, scheduler,
-                                          lambda i, loss: progress(f"  step {i + 1}/{steps}: loss {loss:.4f}"))
+        record["losses"] = learn.fit(h.model, batches, optimizer, scheduler,
+                                     lambda i, loss: progress(f"  step {i + 1}/{steps}: loss {loss:.4f}"), accum)
         record["training"] = {"steps": steps, "batch_size": batch_size, "grad_accum": accum,
                               "schedule": exp.schedule, "warmup_steps": exp.warmup_steps[size]}
     if device == "cuda":

@@ -1,12 +1,12 @@
-"""What the seed experiments do beyond memory: training data per family kind, a loop with gradient accumulation
-and a learning-rate schedule, generation on a real image, grounding scored by IoU, and a merge check."""
+"""What the seed experiments do beyond memory: training data per family kind, a learning-rate schedule,
+generation on a real image, grounding scored by IoU, and a merge check."""
 from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
-from . import grounding, inputs, learn, shapes, train
+from . import grounding, inputs, learn, shapes
 from .errors import unknown
 from .families import DUAL_ENCODER, LLM
 
@@ -51,54 +51,6 @@ def schedule(optimizer, name: str, warmup_steps: int, steps: int):
 
         return get_cosine_schedule_with_warmup(optimizer, warmup_steps, steps)
     raise unknown("learning-rate schedule", name, ["constant", "cosine"])
-
-
-def fit(model, batches: Iterable, optimizer, grad_accum: int = 1, scheduler=None,
-        on_step: Callable[[int, float], None] | None = None) -> list[float]:
-    """Run optimizer steps of grad_accum micro-batches each; return each step's loss (the micro-batches' mean)."""
-    device = next(p.device for p in model.parameters())
-    model.train()
-    losses, micro, total = [], 0, 0.0
-    optimizer.zero_grad(set_to_none=True)
-    for batch in batches:
-        loss = train.forward_loss(model, batch.to(device)) / grad_accum
-        loss.backward()
-        total += float(loss.detach())
-        micro += 1
-        if micro == grad_accum:
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            losses.append(total)
-            if on_step is not None:
-                on_step(len(losses) - 1, total)
-            micro, total = 0, 0.0
-    return losses
-
-
-def keep_training_layout(model) -> None:
-    """Stop bitsandbytes repacking 4-bit weights for CPU inference (AVX512-BF16) at an eval forward: once repacked,
-    a later training forward takes the inference kernel and fails on Linear layers with a bias ("a view of a leaf
-    Variable that requires grad is being used in an in-place operation"). Experiments evaluate between steps."""
-    for module in model.modules():
-        if hasattr(module, "support_avx512bf16_for_cpu"):
-            module.support_avx512bf16_for_cpu = False
-
-
-def save_merged(model, processor, folder: Path) -> None:
-    """Write a merged model with its tokenizer and image processor to folder, all or nothing.
-
-    The parts are saved one by one: a processor the harness assembled without torchvision (no video processor)
-    cannot save itself whole under transformers 5.
-    """
-    from .atomic import staged_folder
-
-    with staged_folder(folder) as stage:
-        model.save_pretrained(stage, safe_serialization=True)
-        for part in ("tokenizer", "image_processor"):
-            if getattr(processor, part, None) is not None:
-                getattr(processor, part).save_pretrained(stage)
 
 
 def photo(size: int):
@@ -200,7 +152,7 @@ def merge_check(model, family, processor, image: int, folder: Path | None) -> di
                          "mean_abs_logit_delta_over_std": float((out - adapted).abs().mean() / spread),
                          "same_greedy_tokens": bool(torch.equal(greedy(merged, batch), adapted_tokens))}
         if dtype == "bfloat16" and folder is not None:
-            save_merged(merged, processor, folder)
+            merge.save_merged(merged, processor, folder)
             result["saved_to"] = str(folder)
         del merged
         if device.type == "cuda":

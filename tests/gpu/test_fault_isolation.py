@@ -51,6 +51,8 @@ def test_an_out_of_memory_step_is_recorded_and_gives_its_memory_back(loaded, bud
     assert allocated_bytes() - before < SLACK_BYTES
 
 
+# Not a check on its own: the fault the next test recovers from. Strict xfail is its assertion: it must raise
+# InjectedFault (passing, or failing otherwise, fails the suite).
 @pytest.mark.xfail(raises=InjectedFault, strict=True,
                    reason="injected fault: a test fails mid-step, its frames holding the step's activations")
 def test_a_test_that_fails_mid_step(loaded):

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import env, experiments
+from harness import env, estimate, experiments
 from harness.run import run_experiment
 
 pytestmark = pytest.mark.seed
-GiB = 2**30
 
 
 @pytest.mark.parametrize("name", list(experiments.EXPERIMENTS))
@@ -37,4 +36,4 @@ def test_a_seed_experiment_runs_at_full_size(name, cuda, cache_dir, pytestconfig
             if r["recipe"]["lora"].get("use_dora"):
                 assert measured > estimated, (r["case"], n)  # DoRA is not modelled: its estimate is a floor
             else:
-                assert abs(measured - estimated) < max(0.15 * measured, 0.125 * GiB), (r["case"], n, measured, estimated)
+                assert estimate.agrees(measured, estimated), (r["case"], n, measured, estimated)

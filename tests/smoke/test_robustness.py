@@ -328,6 +328,8 @@ def test_forgetting_the_last_failure_frees_what_its_frames_held():
     assert _held["unit"]() is None and not hasattr(sys, "last_value")
 
 
+# Not a check on its own: the fault the next test recovers from. Strict xfail is its assertion: it must raise
+# RuntimeError (passing, or failing otherwise, fails the suite).
 @pytest.mark.xdist_group("fault-isolation")
 @pytest.mark.xfail(raises=RuntimeError, strict=True, reason="injected fault: a test fails while holding an object")
 def test_a_failing_test_holding_memory():
