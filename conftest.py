@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import isolation
-from harness.errors import HarnessError
-from harness.synth import default_cache_dir
+from harness.model.synth import default_cache_dir
+from harness.plugin import isolation
+from harness.util.errors import HarnessError
 
 # pytest-xdist workers share the cores: give each worker its share of torch threads rather than every core
 # (oversubscribed, `-n 2` on a 2-core machine ran six times slower than serially). Set before torch is imported.
@@ -101,7 +101,7 @@ def cache_dir(pytestconfig) -> Path:
 @pytest.fixture(scope="session")
 def cuda():
     """The CUDA device; tests that need one skip without it."""
-    from harness import env
+    from harness.util import env
 
     if not env.has_cuda():
         pytest.skip("needs a CUDA GPU")

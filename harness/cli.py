@@ -5,14 +5,14 @@ import argparse
 import json
 import sys
 
-from .errors import HarnessError
-from .families import FAMILIES
+from harness.families import FAMILIES
+from harness.util.errors import HarnessError
 
 
 def param_counts() -> list[dict]:
     """Return one row per family and full size: parameters counted on the meta device, and the published count."""
-    from .load import meta_model
-    from .synth import make_config
+    from harness.model.load import meta_model
+    from harness.model.synth import make_config
 
     rows = []
     for name, family in FAMILIES.items():
@@ -43,9 +43,10 @@ def _run(args) -> int:
     import os
     from pathlib import Path
 
-    from . import env, experiments
-    from .run import run_experiment
-    from .synth import default_cache_dir
+    from harness.model.synth import default_cache_dir
+    from harness.tasks import experiments
+    from harness.tasks.run import run_experiment
+    from harness.util import env
 
     exp = experiments.for_recipe(args.recipe)
     size = args.size or ("full" if env.has_cuda() else "tiny")
@@ -60,7 +61,7 @@ def _run(args) -> int:
 def _report(args) -> int:
     from pathlib import Path
 
-    from .report import write_report
+    from harness.report.build import write_report
 
     report = write_report([Path(p) for p in args.results], Path(args.out))
     print(f"{report.path}: {len(report.charts)} plots")
@@ -74,12 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("list", help="every family and full size with its parameter count (meta device, no weights)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_list)
-    from . import doctor
+    from harness import doctor
 
     p = sub.add_parser("doctor", help="library versions, the GPU and what is missing; --recipe/--checkpoint also checks them")
     doctor.add_arguments(p)
     p.set_defaults(run=doctor.run)
-    from .gate import command as gate
+    from harness.gate import command as gate
 
     p = sub.add_parser("gate", help="run the checks in a reference and a candidate environment, compare them; "
                                     "exit 1 on a regression")

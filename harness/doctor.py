@@ -6,7 +6,7 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .env import library_versions
+from harness.util.env import library_versions
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def findings(versions: dict, gpu: str | None) -> list[Finding]:
 def missing(name: str) -> str | None:
     """Return the skip reason if a requirement is missing here, else None."""
     if name == GPU.name:
-        from .env import has_cuda
+        from harness.util.env import has_cuda
 
         return None if has_cuda() else skip_reason(name)
     return skip_reason(name) if library_versions().get(name) is None else None
@@ -76,7 +76,7 @@ def missing(name: str) -> str | None:
 
 def _gpu() -> str | None:
     try:
-        from .env import gpu_fingerprint
+        from harness.util.env import gpu_fingerprint
 
         return gpu_fingerprint()
     except ImportError:  # no torch: reported as missing on its own line
@@ -85,9 +85,9 @@ def _gpu() -> str | None:
 
 def check_inputs(recipe_path: str | None, checkpoint: str | None) -> list[str]:
     """Return a line per input that checks out; raise HarnessError naming what is wrong with one."""
-    from . import load
-    from .families import get_family
-    from .recipe import load_recipe
+    from harness.families import get_family
+    from harness.model import load
+    from harness.recipe import load_recipe
 
     lines, recipe = [], None
     if recipe_path:
@@ -112,8 +112,8 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     """Print what is installed and missing (and check --recipe/--checkpoint); return 1 if a required library is missing."""
-    from . import load  # noqa: F401 - sets the offline default that is reported below
-    from .synth import default_cache_dir
+    from harness.model import load  # noqa: F401 - sets the offline default that is reported below
+    from harness.model.synth import default_cache_dir
 
     inputs = check_inputs(args.recipe, args.checkpoint)  # first: bad input fails fast, before torch is imported
     rows = findings(library_versions(), _gpu())

@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from .errors import HarnessError, did_you_mean
-from .families import ROLE_ORDER, get_family
+from harness.families import ROLE_ORDER, get_family
+from harness.util.errors import HarnessError, did_you_mean
 
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -186,7 +186,7 @@ def validate(recipe: Recipe) -> None:
     if not lora.target_modules:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
     if t.gpu_budget is not None:
-        from .probe import parse_bytes
+        from harness.util.units import parse_bytes
 
         parse_bytes(t.gpu_budget)
     if t.batch_size < 1 or t.seq_len < 1 or t.image_size < 1:

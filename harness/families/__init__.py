@@ -1,7 +1,10 @@
-"""The family registry: a plain mapping from family name to its spec. Adding a family is one module and one line here."""
+"""The family registry: a plain mapping from family name to its spec. Adding a family is one module and one line here.
+
+Families are data at the bottom of the package: they may import only `util`."""
 from __future__ import annotations
 
-from ..errors import unknown
+from harness.util.errors import unknown
+
 from . import clip, qwen2_5, qwen2_5_vl, qwen2_vl
 from .base import DUAL_ENCODER, LLM, ROLE_ORDER, VLM, FamilySpec
 

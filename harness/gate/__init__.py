@@ -1,4 +1,5 @@
 """The regression gate: the harness's checks run in a reference and a candidate environment, then compared.
+It may import every stage below it (measure for profiles and baselines, checks, the model path, util).
 
     envs      the two environments: an interpreter, or a venv built from requirement specs (cached)
     collect   runs inside each environment (python -m harness.gate.collect): facts per recipe to JSON

@@ -19,9 +19,8 @@ def describe() -> dict:
     import importlib.metadata as md
 
     import harness
-
-    from ..env import gpu_fingerprint, has_cuda, library_versions
-    from ..synth import FORMAT_LIBRARIES
+    from harness.model.synth import FORMAT_LIBRARIES
+    from harness.util.env import gpu_fingerprint, has_cuda, library_versions
 
     versions = library_versions()
     for name in FORMAT_LIBRARIES:
@@ -38,9 +37,9 @@ def describe() -> dict:
 
 def plan_cases(recipe_paths: list[str], size: str, checkpoints: dict[str, str]) -> dict:
     """Return {case key: Case} for the recipe files (every family's default when none), keyed by readable case ids."""
-    from .. import pipeline
-    from ..families import FAMILIES
-    from ..recipe import default_recipe, load_recipe
+    from harness.families import FAMILIES
+    from harness.model import pipeline
+    from harness.recipe import default_recipe, load_recipe
 
     recipes = [load_recipe(p) for p in recipe_paths] or [default_recipe(name) for name in FAMILIES]
     cases = [pipeline.case(r.family, size, r, checkpoint=Path(checkpoints[r.family]) if r.family in checkpoints else None)
@@ -50,7 +49,7 @@ def plan_cases(recipe_paths: list[str], size: str, checkpoints: dict[str, str]) 
     for c in cases:
         key = c.id if ids.count(c.id) == 1 else f"{c.id} [{c.recipe.name}]"
         if key in keyed:
-            from ..errors import HarnessError
+            from harness.util.errors import HarnessError
 
             raise HarnessError(f"recipe {c.recipe.source} is given twice (case {key}); give each recipe once")
         keyed[key] = c
@@ -63,10 +62,11 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
 
     prepare=True only builds (or finds) each case's checkpoint and records its folder, for the other side to load.
     """
-    from .. import pipeline
-    from .facts import case_facts
-
     import time
+
+    from harness.model import pipeline
+
+    from .facts import case_facts
 
     result = {**describe(), "device": device, "size": size, "cases": {}}
     if memory_skip is None and not result["cuda"]:
@@ -97,8 +97,8 @@ def _checkpoint_arg(text: str) -> tuple[str, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the collector; return the exit status (2 for bad input)."""
-    from ..atomic import write_json
-    from ..errors import HarnessError
+    from harness.util.atomic import write_json
+    from harness.util.errors import HarnessError
 
     p = argparse.ArgumentParser(prog="python -m harness.gate.collect", description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="the JSON file to write")
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.describe:
             write_json(Path(args.out), describe())
             return 0
-        from ..synth import default_cache_dir
+        from harness.model.synth import default_cache_dir
 
         cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
         facts = collect(args.recipe, args.size, cache_dir, dict(args.checkpoint), args.device, args.skip_memory,

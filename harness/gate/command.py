@@ -6,7 +6,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import HarnessError
+from harness.util.errors import HarnessError
+
 from . import compare, envs, verdict
 
 DEFAULT_OUT = "gate-verdict"
@@ -36,8 +37,8 @@ class _CollectorFailed(Exception):
 
 def _validate(args) -> list[str]:
     """Return the recipe files to gate, checked here so bad input stops before any environment is built."""
-    from ..families import FAMILIES, check_size, get_family
-    from ..recipe import RECIPES_DIR, load_recipe
+    from harness.families import FAMILIES, check_size, get_family
+    from harness.recipe import RECIPES_DIR, load_recipe
 
     if not 0 < args.tolerance < 1:
         raise HarnessError(f"--tolerance {args.tolerance}: expected a share of the logits' spread between 0 and 1, e.g. 0.05")
@@ -107,7 +108,7 @@ def device_for(ref: dict, cand: dict) -> tuple[str, str | None]:
 
 def run(args) -> int:
     """Run the gate; return 0 when the candidate keeps every check, 1 on a regression (HarnessError for bad input)."""
-    from ..synth import default_cache_dir
+    from harness.model.synth import default_cache_dir
 
     recipes = _validate(args)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()

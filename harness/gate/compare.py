@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ..errors import HarnessError
+from harness.util.errors import HarnessError
+
 from .facts import CHECK, FIGURE, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, decode
 
 PASS, CHANGED, FAIL, SKIP = "pass", "changed", "fail", "skipped"
@@ -144,7 +145,7 @@ def _judge_logits(row: Row, old: dict, new: dict, tolerance: float) -> None:
 
 
 def _judge_memory(row: Row, ref: dict, cand: dict, versions) -> None:
-    from ..baselines import compare as compare_baseline
+    from harness.measure.baselines import compare as compare_baseline
 
     name = row.check.removeprefix("gpu ")
     problems = compare_baseline({"case": row.case, "versions": versions[1], "figures": {name: cand["value"]}},

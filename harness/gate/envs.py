@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import HarnessError
+from harness.util.errors import HarnessError
 
 MARKER = "qlora-harness-env.json"  # written last: a venv folder without it was never finished
 LAYER_PTH = "_qlora_harness_base.pth"
@@ -174,7 +174,7 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
                                f"the venv, so the base interpreter's copy would shadow {spec}")
         if req.specifier and not req.specifier.contains(got["version"], prereleases=True):
             raise HarnessError(f"venv {folder}: pip installed {req.name} {got['version']}, which does not satisfy {spec}")
-    from ..atomic import write_json
+    from harness.util.atomic import write_json
 
     write_json(folder / MARKER, {"specs": specs, "base_python": str(base_python), "installed": found})
 

@@ -4,7 +4,7 @@ A fact is plain data: {"check", "kind", "value", "shown", "ok", "problems", "mus
   check     judged in its own environment by a harness check (ok, problems); the other side's value is compared too
   logits    numbers compared with the other environment's within a tolerance
   tokens    greedy token ids, compared exactly
-  memory    GPU bytes, compared as baselines are (harness.baselines)
+  memory    GPU bytes, compared as baselines are (harness.measure.baselines)
   status    a GPU step's ok / oom, compared exactly
   figure    a recorded GPU figure (times, host memory), reported, not gated
   skipped   not measured here, with the reason
@@ -15,11 +15,12 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from .. import adapters, inputs, load, lora, pipeline, train
-from ..audit import audit
-from ..baselines import GATED_PREFIXES
-from ..families import DUAL_ENCODER, VLM
-from ..generate import greedy, logits
+from harness.checks import adapters, inputs, train
+from harness.checks.audit import audit
+from harness.families import DUAL_ENCODER, VLM
+from harness.measure.baselines import GATED_PREFIXES
+from harness.model import load, lora, pipeline
+from harness.model.generate import greedy, logits
 
 CHECK, LOGITS, TOKENS, MEMORY, STATUS, FIGURE, SKIPPED = "check", "logits", "tokens", "memory", "status", "figure", "skipped"
 LOGITS_LIMIT = 65536  # logits stored whole up to this many numbers; beyond, the last position only (full sizes)
@@ -118,7 +119,7 @@ def generation_facts(c: pipeline.Case, model, out, batch) -> list[dict]:
 
 def placeholder_facts(c: pipeline.Case, model, processor, device: str) -> list[dict]:
     """Return the placeholder checks of a VLM: counts match merged patches; a missing placeholder is refused."""
-    from ..errors import HarnessError
+    from harness.util.errors import HarnessError
 
     family, config, name = c.family, model.config, c.id
     size = family.tiny_image_size
@@ -187,7 +188,7 @@ def round_trip_fact(h: pipeline.Harnessed, batch, cache_dir: Path, device: str) 
 
 def memory_facts(c: pipeline.Case, cache_dir: Path) -> list[dict]:
     """Return the GPU profile of a case as facts: static and peak VRAM, OOM status per batch size, times."""
-    from ..profile import profile_case
+    from harness.measure.profile import profile_case
 
     figures = profile_case(c, STEP_BATCH_SIZES, cache_dir, device="cuda").figures
     out = []

@@ -4,7 +4,8 @@ from __future__ import annotations
 import datetime
 from pathlib import Path
 
-from ..atomic import write_json, write_text
+from harness.util.atomic import write_json, write_text
+
 from .compare import CHANGED, FAIL, Row, counts, regressed
 
 FILES = ("verdict.json", "verdict.md")

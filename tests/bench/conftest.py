@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness import env, probe
+from harness.measure import probe
+from harness.util import env
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

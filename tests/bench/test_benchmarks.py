@@ -4,10 +4,11 @@
 """
 import pytest
 
-from harness import load, pipeline, probe, timing
-from harness.matrix import BENCHMARK_CASE, KERNEL_SHAPES, KERNEL_TOKENS
+from harness.checks.train import make_optimizer, train_step
+from harness.measure import probe, timing
+from harness.measure.matrix import BENCHMARK_CASE, KERNEL_SHAPES, KERNEL_TOKENS
+from harness.model import load, pipeline
 from harness.recipe import default_recipe
-from harness.train import make_optimizer, train_step
 
 FAMILY, SIZE, BATCH_SIZES = BENCHMARK_CASE
 NEW_TOKENS = 32
@@ -53,7 +54,7 @@ def test_model_load(timed, case, cache_dir, peak_vram):
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 def test_training_step(timed, harnessed, batch_size, peak_vram):
     c, t = harnessed.case, harnessed.case.recipe.training
-    from harness.inputs import sized_batch
+    from harness.checks.inputs import sized_batch
 
     batch = sized_batch(c.family, harnessed.processor, batch_size, t.image_size, t.seq_len, "cuda")
     optimizer = make_optimizer(harnessed.model, c.recipe)
@@ -68,7 +69,7 @@ def test_training_step(timed, harnessed, batch_size, peak_vram):
 
 
 def _prompt(harnessed):
-    from harness.inputs import example_batch
+    from harness.checks.inputs import example_batch
 
     harnessed.model.eval()
     return example_batch(harnessed.case.family, harnessed.processor).to("cuda")

@@ -10,9 +10,13 @@ import shutil
 
 import pytest
 
-from harness import baselines, env, pipeline, probe, variants
-from harness.matrix import COMPARISONS, GPU_MATRIX, UNSLOTH_CASES
+from harness.measure import baselines, probe, variants
+from harness.measure.matrix import COMPARISONS, GPU_MATRIX, UNSLOTH_CASES
+from harness.model import pipeline
 from harness.recipe import default_recipe
+from harness.util import env
+from harness.util.units import parse_bytes
+
 
 def gpu_cases():
     return [(pipeline.case(f, s, default_recipe(f)), sizes) for f, s, sizes in GPU_MATRIX]
@@ -30,7 +34,7 @@ def pytest_generate_tests(metafunc):
 @pytest.fixture(scope="session")
 def budget(pytestconfig, cuda):
     text = pytestconfig.getoption("--gpu-budget")
-    limit = probe.parse_bytes(text) if text else None
+    limit = parse_bytes(text) if text else None
     probe.apply_budget(limit)
     return limit
 
@@ -45,7 +49,7 @@ class _Held:
 
 @pytest.fixture(scope="session")
 def gpu_profile(gpu_case, cuda, budget, cache_dir, pytestconfig):
-    from harness.profile import profile_case
+    from harness.measure.profile import profile_case
 
     case, batch_sizes = gpu_case
     if _Held.key != case.id:
@@ -61,7 +65,7 @@ def gpu_profile(gpu_case, cuda, budget, cache_dir, pytestconfig):
 @pytest.fixture(scope="session")
 def comparison(comparison_set, cuda, budget, cache_dir) -> dict:
     """Every variant of one workload profiled in this run, by variant name (models freed after each)."""
-    from harness.profile import profile_case
+    from harness.measure.profile import profile_case
 
     family, size, batch_sizes, names = comparison_set
     _Held.profile, _Held.key = None, None
@@ -104,7 +108,7 @@ def baseline_problems(pytestconfig, cuda):
 @pytest.fixture(scope="session")
 def unsloth_profile_of(cuda, cache_dir, tmp_path_factory):
     """Return a function (family, size) -> the Unsloth record of that case, run once per session."""
-    from harness import unsloth_backend
+    from harness.measure import unsloth_backend
 
     reason = unsloth_backend.unavailable()
     records = {}

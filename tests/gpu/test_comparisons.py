@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from harness import env, table
-from harness.checkpointing import Checkpointing
-from harness.matrix import SIDE_BY_SIDE
-from harness.variants import VARIANTS
+from harness.checks.checkpointing import Checkpointing
+from harness.measure.matrix import SIDE_BY_SIDE
+from harness.measure.variants import VARIANTS
+from harness.report import table
+from harness.util import env
 
 GiB = 2**30
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -104,7 +105,7 @@ def test_comparison_matches_the_stored_baselines(comparison, baseline_problems):
 
 
 def _write_table(pytestconfig, name: str, title: str, rows, recipe) -> str:
-    from harness.atomic import write_text
+    from harness.util.atomic import write_text
 
     text = (f"# {title}\n\nGPU {env.gpu_fingerprint()}; {table.versions_line(rows[0][1])}; "
             f"image {recipe.training.image_size}px, sequence {recipe.training.seq_len} tokens, LoRA r={recipe.lora.r}. "

@@ -3,7 +3,9 @@ and the session goes on. The tests run in this order, in one process (`pytest -m
 """
 import pytest
 
-from harness import inputs, pipeline, probe
+from harness.checks import inputs
+from harness.measure import probe
+from harness.model import pipeline
 from harness.recipe import default_recipe
 
 pytestmark = pytest.mark.xdist_group("gpu-fault-isolation")  # in order, in one worker

@@ -1,9 +1,11 @@
 """Full-size models on a CUDA GPU: the smoke audits, VRAM against the NF4 minimum, steps by batch size, baselines."""
 import pytest
 
-from harness import inputs, load, pipeline, probe
-from harness.audit import audit
-from harness.checkpointing import Checkpointing
+from harness.checks import inputs
+from harness.checks.audit import audit
+from harness.checks.checkpointing import Checkpointing
+from harness.measure import probe
+from harness.model import load, pipeline
 from harness.recipe import default_recipe
 
 
@@ -72,7 +74,7 @@ def test_a_user_checkpoint_runs_through_the_same_path(pytestconfig, cuda):
 
 
 def test_a_recipe_budget_answers_whether_it_fits_a_16gb_card(budget, cache_dir):
-    from harness.profile import profile_case
+    from harness.measure.profile import profile_case
 
     recipe = default_recipe("qwen2.5-vl").replace(training={"gradient_checkpointing": False, "gpu_budget": "16GB"})
     profile = profile_case(pipeline.case("qwen2.5-vl", "7b", recipe, variant="16gb-no-gc"), (1, 4), cache_dir,

@@ -12,10 +12,12 @@ import skimage.data
 import torch
 from PIL import Image
 
-from harness import isolation, learn, load, merge, pipeline, shapes
 from harness.families import DUAL_ENCODER
-from harness.generate import logits
+from harness.model import load, merge, pipeline
+from harness.model.generate import logits
+from harness.plugin import isolation
 from harness.recipe import default_recipe
+from harness.tasks import learn, shapes
 
 # photo -> (question for a VLM, words any of which make its answer right, CLIP prompt)
 PHOTOS = {

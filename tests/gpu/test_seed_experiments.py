@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import env, estimate, experiments
-from harness.run import run_experiment
+from harness.measure import estimate
+from harness.tasks import experiments
+from harness.tasks.run import run_experiment
+from harness.util import env
 
 pytestmark = pytest.mark.seed
 

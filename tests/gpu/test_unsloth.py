@@ -1,7 +1,7 @@
 """The Unsloth backend under the same audits as peft, each case in its own process (`-m unsloth`)."""
 import pytest
 
-from harness.matrix import UNSLOTH_CASES
+from harness.measure.matrix import UNSLOTH_CASES
 
 pytestmark = pytest.mark.unsloth
 

@@ -1,7 +1,7 @@
 """CLIP few-shot: LoRA on q/k/v of both encoders (rank 2, alpha 1, as in CLIP-LoRA) beats zero-shot on a k-shot set.
 
 The tiny CLIP was trained to match 'a photo of a red circle'; the k-shot task names each colour by a code word it
-never read ('a photo of a dax shape', harness.shapes.CODE_WORDS), so zero-shot sits near chance and what the
+never read ('a photo of a dax shape', harness.tasks.shapes.CODE_WORDS), so zero-shot sits near chance and what the
 adapters learn shows. Each variant is the default CLIP recipe with one section replaced: QLoRA (NF4 + double
 quant), QLoRA with rsLoRA scaling, QLoRA with DoRA, and plain LoRA on the 16-bit model.
 """
@@ -10,8 +10,9 @@ import math
 import pytest
 from peft.tuners.lora import LoraLayer
 
-from harness import learn, pipeline
+from harness.model import pipeline
 from harness.recipe import default_recipe
+from harness.tasks import learn
 
 CHECKPOINT = "clip-shapes"
 TASK, PROMPT = "code", "a photo of a {} shape"

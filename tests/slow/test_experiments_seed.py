@@ -5,9 +5,9 @@ import json
 
 import pytest
 
-from harness import experiments
 from harness.cli import main
-from harness.run import NO_GPU
+from harness.tasks import experiments
+from harness.tasks.run import NO_GPU
 
 SEEDS = list(experiments.EXPERIMENTS)
 

@@ -1,16 +1,18 @@
 """Merging for deployment: LoRA folded into a dequantized 16-bit copy of the 4-bit base answers like the adapter model.
 
 The adapter is trained for a few steps on the trained checkpoint (so its B matrices are not zero), once as LoRA
-and once as DoRA, then merged with harness.merge; the merged model is a plain 16-bit model of the same class.
+and once as DoRA, then merged with harness.model.merge; the merged model is a plain 16-bit model of the same class.
 """
 import bitsandbytes as bnb
 import pytest
 import torch
 
-from harness import learn, load, merge, pipeline, shapes, train
-from harness.generate import logits
-from harness.lora import is_lora_name
+from harness.checks import train
+from harness.model import load, merge, pipeline
+from harness.model.generate import logits
+from harness.model.lora import is_lora_name
 from harness.recipe import default_recipe
+from harness.tasks import learn, shapes
 
 CHECKPOINT = "qwen2-vl-shapes"
 STEPS, BATCH_SIZE = 100, 4  # enough to learn the swapped names: greedy answers that are not coin flips

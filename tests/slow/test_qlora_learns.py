@@ -1,15 +1,16 @@
 """QLoRA learns through the image: on the 4-bit model, a labelling the checkpoint never saw goes from no better
 than chance to >= 90% in 150 LoRA steps; the same run with the image features cut off stays at chance.
 
-The labelling calls each colour by the next colour's name (harness.shapes.SWAPPED_NAMES), asked with a question
+The labelling calls each colour by the next colour's name (harness.tasks.shapes.SWAPPED_NAMES), asked with a question
 the checkpoint never saw, so only the image can tell the answer. The control zeroes the projector's output (found
 through the family's projector role): its inputs no longer differ between samples, so whatever it learns it
 answers the same for all, which on the balanced held-out scenes is at best chance.
 """
 import pytest
 
-from harness import learn, pipeline
+from harness.model import pipeline
 from harness.recipe import default_recipe
+from harness.tasks import learn
 
 CHECKPOINT = "qwen2.5-vl-shapes"
 CHANCE = 1 / 4  # four colours, equally often among the held-out scenes

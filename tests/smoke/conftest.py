@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness import doctor, pipeline
+from harness import doctor
 from harness.families import FAMILIES
+from harness.model import pipeline
 from harness.recipe import default_recipe, load_recipe
 
 

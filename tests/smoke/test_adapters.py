@@ -1,5 +1,5 @@
 """Adapters round-trip: saved, reloaded onto a fresh base, every key loaded and the outputs identical."""
-from harness import adapters, inputs, train
+from harness.checks import adapters, inputs, train
 
 
 def test_saved_adapter_reloads_every_key_and_the_same_outputs(fresh, tmp_path, cache_dir):

@@ -1,8 +1,8 @@
 """Baselines: compared with a tolerance, mismatches named with both versions, corrupt files refused."""
 import pytest
 
-from harness import baselines
-from harness.errors import HarnessError
+from harness.measure import baselines
+from harness.util.errors import HarnessError
 
 VERSIONS = {"torch": "2.11.0", "transformers": "5.17.0", "peft": "0.21.0", "bitsandbytes": "0.50.2"}
 

@@ -4,10 +4,10 @@ import shutil
 
 import pytest
 
-from harness import load, synth
-from harness.errors import HarnessError
 from harness.families import get_family
+from harness.model import load, synth
 from harness.recipe import default_recipe
+from harness.util.errors import HarnessError
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,11 @@
 memory estimate they print counts the weights exactly as the loaded model holds them."""
 import pytest
 
-from harness import estimate, experiments, memory, variants
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.measure import estimate, memory, variants
 from harness.recipe import RECIPES_DIR, load_recipe
+from harness.tasks import experiments
+from harness.util.errors import HarnessError
 
 SEEDS = list(experiments.EXPERIMENTS.values())
 
@@ -54,7 +55,7 @@ def test_a_recipe_that_is_no_seed_experiment_is_refused_by_name(tmp_path, capsys
 
 
 def test_full_size_without_a_gpu_is_refused(tmp_path, capsys):
-    from harness import env
+    from harness.util import env
 
     if env.has_cuda():
         pytest.skip("this checks the refusal on a machine without a CUDA GPU")

@@ -4,10 +4,10 @@ import json
 import pytest
 
 from harness import cli
-from harness.errors import HarnessError
 from harness.families import FAMILIES, FamilySpec, get_family
-from harness.load import check_roles, meta_model
-from harness.synth import make_config
+from harness.model.load import check_roles, meta_model
+from harness.model.synth import make_config
+from harness.util.errors import HarnessError
 
 FULL_SIZES = [(f, s) for f, spec in FAMILIES.items() for s in spec.size_names()]
 
@@ -57,7 +57,7 @@ def test_tiny_linear_layers_fit_whole_4bit_blocks():
 def test_building_a_config_leaves_the_family_s_data_as_it_was(name):
     import copy
 
-    from harness import synth
+    from harness.model import synth
 
     family = get_family(name)
     before = copy.deepcopy(family.sizes)

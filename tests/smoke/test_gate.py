@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from harness import cli
-from harness.errors import HarnessError
 from harness.gate import command, compare, envs, verdict
-from harness.gate.facts import CHECK, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, encode, fact
 from harness.gate.envs import MARKER
+from harness.gate.facts import CHECK, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, encode, fact
 from harness.recipe import RECIPES_DIR
+from harness.util.errors import HarnessError
 
 CASE = "qwen2.5-vl-tiny-nf4-dq-r64"
 VERSIONS_457 = {"torch": "2.13.0+cpu", "transformers": "4.57.1", "peft": "0.21.2", "bitsandbytes": "0.50.2"}

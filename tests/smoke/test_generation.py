@@ -1,8 +1,9 @@
 """Generation is right: deterministic, unchanged by zero-initialised LoRA, and it sees the image."""
 import torch
 
-from harness import inputs, lora, pipeline
-from harness.generate import greedy, logits
+from harness.checks import inputs
+from harness.model import lora, pipeline
+from harness.model.generate import greedy, logits
 
 
 def test_greedy_decoding_is_deterministic(generator):

@@ -1,7 +1,7 @@
 """Qwen2-VL's grounding format: boxes and points written on the 0..1000 scale, parsed back, and scored."""
 import pytest
 
-from harness import grounding, shapes
+from harness.tasks import grounding, shapes
 
 
 @pytest.mark.parametrize("width,height", [(448, 448), (640, 360)])

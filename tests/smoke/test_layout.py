@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import transformers
 
-from harness import layout
-from harness.errors import HarnessError
 from harness.families import get_family
+from harness.model import layout
+from harness.util.errors import HarnessError
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "checkpoints"
 

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness import inputs
-from harness.errors import HarnessError
-from harness.generate import logits
-from harness.images import shape_image
+from harness.checks import inputs
+from harness.checks.images import shape_image
+from harness.model.generate import logits
+from harness.util.errors import HarnessError
 
 
 def test_placeholder_tokens_equal_the_merged_patch_count(vlm):

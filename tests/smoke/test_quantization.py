@@ -2,8 +2,8 @@
 import bitsandbytes as bnb
 import torch
 
-from harness import memory
-from harness.audit import audit
+from harness.checks.audit import audit
+from harness.measure import memory
 
 
 def test_expected_4bit_roles_hold_linear4bit_with_the_recipes_quant_state(qlora):

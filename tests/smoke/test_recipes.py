@@ -2,9 +2,9 @@
 import pytest
 import yaml
 
-from harness.errors import HarnessError
 from harness.families import FAMILIES
 from harness.recipe import default_recipe, load_recipe, parse_recipe
+from harness.util.errors import HarnessError
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from harness import estimate, report
 from harness.cli import main
-from harness.errors import HarnessError
+from harness.measure import estimate
+from harness.report import build as report
+from harness.util.errors import HarnessError
 
 H200 = Path(__file__).resolve().parents[2] / "results" / "nvidia-h200-140gib-cuda13.0"
 GiB = 2**30

@@ -14,12 +14,16 @@ import weakref
 import pytest
 import yaml
 
-from harness import atomic, baselines, cli, doctor, isolation, load, lora, pipeline, synth
-from harness.errors import HarnessError
+from harness import cli, doctor
+from harness.checks.inputs import example_batch
 from harness.families import get_family
-from harness.generate import greedy
-from harness.inputs import example_batch
+from harness.measure import baselines
+from harness.model import load, lora, pipeline, synth
+from harness.model.generate import greedy
+from harness.plugin import isolation
 from harness.recipe import RECIPES_DIR, default_recipe
+from harness.util import atomic
+from harness.util.errors import HarnessError
 
 ROOT = RECIPES_DIR.parent
 
@@ -355,7 +359,7 @@ def test_the_next_test_starts_without_what_the_failed_test_held(held_at_setup):
 def test_the_harness_sets_offline_mode_before_the_hub_client_is_imported():
     env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
     # HF_HUB_OFFLINE is read once, when huggingface_hub.constants is imported (is_offline_mode() is newer than 0.x)
-    done = subprocess.run([sys.executable, "-c", "import harness.load, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"],
+    done = subprocess.run([sys.executable, "-c", "import harness.model.load, huggingface_hub.constants as c; print(c.HF_HUB_OFFLINE)"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "True", done.stderr
 

@@ -1,7 +1,7 @@
 """The vision tower, projector, backbone, embeddings and head follow the recipe's declared policy."""
 import dataclasses
 
-from harness.audit import audit
+from harness.checks.audit import audit
 from harness.recipe import Expectation
 
 

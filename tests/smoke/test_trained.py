@@ -5,9 +5,11 @@ and the held-out scenes were never drawn in training.
 """
 import pytest
 
-from harness import inputs, learn, load, shapes
+from harness.checks import inputs
 from harness.families import get_family
+from harness.model import load
 from harness.recipe import default_recipe
+from harness.tasks import learn, shapes
 
 TRAINED = ("qwen2.5-vl-shapes", "qwen2-vl-shapes", "clip-shapes")
 REQUIRED_16BIT = 0.95

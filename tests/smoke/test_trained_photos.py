@@ -11,10 +11,12 @@ import skimage.data
 import torch
 from PIL import Image
 
-from harness import inputs, learn, load
+from harness.checks import inputs
 from harness.families import get_family
-from harness.generate import logits
+from harness.model import load
+from harness.model.generate import logits
 from harness.recipe import default_recipe
+from harness.tasks import learn
 
 PHOTOS = ("chelsea", "astronaut", "coffee")
 # (min, max) pixels in units of one merged patch ((patch x merge)^2 pixels): from a handful of tokens to 256

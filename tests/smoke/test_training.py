@@ -1,9 +1,9 @@
 """Only LoRA parameters train, in the exact number the targets imply, and every one gets a gradient."""
 import torch
 
-from harness import inputs, train
-from harness.audit import audit
-from harness.checkpointing import counting
+from harness.checks import inputs, train
+from harness.checks.audit import audit
+from harness.checks.checkpointing import counting
 
 
 def test_trainable_parameters_are_exactly_the_lora_parameters(qlora):

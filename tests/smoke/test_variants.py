@@ -1,11 +1,13 @@
 """Comparison variants are recipes too: derived, validated, loaded as they declare, and costed by inventory."""
 import pytest
 
-from harness import memory, pipeline, table, variants
-from harness.audit import audit
-from harness.errors import HarnessError
-from harness.lora import prepare_for_training
+from harness.checks.audit import audit
+from harness.measure import memory, variants
+from harness.model import pipeline
+from harness.model.lora import prepare_for_training
 from harness.recipe import default_recipe, parse_recipe
+from harness.report import table
+from harness.util.errors import HarnessError
 
 
 def test_bf16_lora_expects_every_role_16bit():

@@ -1,0 +1,58 @@
+"""Loading a checkpoint's processor: AutoProcessor, or the family's processor class assembled from its parts."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from harness.families import LLM, FamilySpec
+
+_NEEDS_TORCHVISION = "torchvision"
+
+
+def _images_only(cls):
+    """Return a subclass of a processor class that accepts a missing video processor (which needs torchvision)."""
+
+    class ImagesOnly(cls):
+        def check_argument_for_proper_class(self, argument_name, argument):
+            if argument_name == "video_processor" and argument is None:
+                return None
+            return super().check_argument_for_proper_class(argument_name, argument)
+
+    ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
+    return ImagesOnly
+
+
+def read_chat_template(folder: Path) -> str | None:
+    """Return the processor chat template saved in folder (chat_template.jinja or .json), or None."""
+    if (folder / "chat_template.jinja").is_file():
+        return (folder / "chat_template.jinja").read_text()
+    if (folder / "chat_template.json").is_file():
+        return json.loads((folder / "chat_template.json").read_text())["chat_template"]
+    return None
+
+
+def assemble(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
+    """Return the family's processor class built from the tokenizer, image processor and chat template in folder."""
+    import transformers
+
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    image_processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    cls = _images_only(getattr(transformers, family.processor_class))
+    template = read_chat_template(folder) or getattr(tokenizer, "chat_template", None)
+    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)
+
+
+def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
+    """Return the processor of a checkpoint folder (the tokenizer alone for language models)."""
+    import transformers
+
+    kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    if family.kind == LLM:
+        return transformers.AutoTokenizer.from_pretrained(folder, **kw)
+    try:
+        return transformers.AutoProcessor.from_pretrained(folder, **kw)
+    except ImportError as e:
+        # transformers' Qwen VL processors carry a video processor that needs torchvision; images need none.
+        if _NEEDS_TORCHVISION not in str(e).lower() or not family.processor_class:
+            raise
+        return assemble(Path(folder), family, trust_remote_code)

@@ -1,0 +1,117 @@
+"""Synthetic checkpoints: random weights from a family config, saved like a real checkpoint and built once."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+from filelock import FileLock
+
+from harness.families import FamilySpec, check_size
+from harness.util.atomic import leftovers, staged_folder, write_json
+from harness.util.env import library_versions
+
+MARKER = "qlora-harness.json"  # written last: a folder without it was never finished
+BUILD_LOG = "builds.jsonl"  # one line per build, next to the checkpoints: what was built, by which process, how long
+CACHE_ENV = "QLORA_HARNESS_CACHE"
+# Libraries whose version changes what save_pretrained writes (weights, configs, tokenizer files).
+FORMAT_LIBRARIES = ("transformers", "tokenizers", "safetensors")
+
+
+def default_cache_dir(environ: os._Environ | dict = os.environ) -> Path:
+    """Return the checkpoint cache folder: $QLORA_HARNESS_CACHE, else the user's cache dir."""
+    if environ.get(CACHE_ENV):
+        return Path(environ[CACHE_ENV]).expanduser()
+    base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "qlora-harness"
+
+
+def make_config(family: FamilySpec, size: str):
+    """Return the transformers config of a family at a size (the family's data left as it was)."""
+    import copy
+
+    import transformers
+
+    check_size(family, size)
+    # a copy: transformers 5 rewrites the rope_scaling dict it is given in place (adding rope_theta), which would
+    # change the family's data, and with it every later config and checkpoint key in the process
+    return getattr(transformers, family.config_class)(**copy.deepcopy(family.sizes[size]))
+
+
+def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:
+    """Return a short hash of the config, seed and the library versions that affect the saved format."""
+    import importlib.metadata as md
+
+    versions = {name: md.version(name) for name in FORMAT_LIBRARIES}
+    blob = json.dumps(
+        {"family": family.name, "model": family.model_class, "config": family.sizes[size], "seed": seed,
+         "versions": versions}, sort_keys=True, default=str,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def is_complete(folder: Path) -> bool:
+    """Return whether folder holds a finished synthetic checkpoint."""
+    return (Path(folder) / MARKER).is_file()
+
+
+def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
+    """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing."""
+    check_size(family, size)
+    cache_dir = Path(cache_dir)
+    folder = cache_dir / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
+    if is_complete(folder):
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(folder) + ".lock"):
+        if not is_complete(folder):  # another worker may have built it while we waited
+            _sweep(folder)
+            start = time.perf_counter()
+            with staged_folder(folder) as stage:
+                _build(family, size, stage, seed, device)
+            _log_build(folder, time.perf_counter() - start)
+    return folder
+
+
+def builds(cache_dir: Path) -> list[dict]:
+    """Return the build log of a cache: one entry per synthetic checkpoint built (folder, pid, seconds)."""
+    log = Path(cache_dir) / "checkpoints" / BUILD_LOG
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
+
+
+def _sweep(folder: Path) -> None:
+    # A build killed outright (no exception, so no cleanup) leaves its staging folder; we hold the lock, so
+    # nothing else is writing one now.
+    for path in leftovers(folder.parent, folder.name):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _log_build(folder: Path, seconds: float) -> None:
+    line = json.dumps({"folder": folder.name, "pid": os.getpid(), "seconds": round(seconds, 3)})
+    with open(folder.parent / BUILD_LOG, "a") as log:  # one short append per build: whole lines, even concurrently
+        log.write(line + "\n")
+
+
+def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> None:
+    import torch
+    import transformers
+
+    config = make_config(family, size)
+    torch.manual_seed(seed)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)  # build in 16-bit: an 8B model in fp32 would need twice the memory
+    try:
+        with torch.device(device):
+            model = getattr(transformers, family.model_class)(config)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
+    del model
+    family.write_processor(out, config)
+    write_json(out / MARKER, {"family": family.name, "size": size, "seed": seed, "versions": library_versions()})
