@@ -18,6 +18,15 @@ def _images_only(cls):
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            # some processors read video settings here (SmolVLM: num_frames) even for images; the text is the
+            # same rendered by the tokenizer with the processor's template
+            if getattr(self, "video_processor", None) is None and not kwargs.get("tokenize", False):
+                kwargs.pop("tokenize", None)
+                return self.tokenizer.apply_chat_template(conversation, chat_template=chat_template or self.chat_template,
+                                                          tokenize=False, **kwargs)
+            return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
     return ImagesOnly
 
@@ -37,9 +46,20 @@ def assemble(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     image_processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    import inspect
+
     cls = _images_only(getattr(transformers, family.processor_class))
     template = read_chat_template(folder) or getattr(tokenizer, "chat_template", None)
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)
+    # the processor's own settings saved beside it (image_seq_len, num_image_tokens, ...), where the class takes them
+    saved = folder / "processor_config.json"
+    settings = json.loads(saved.read_text()) if saved.is_file() else {}
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("image_processor", "tokenizer")}
+    if "video_processor" in accepted:
+        kwargs["video_processor"] = None
+    if "chat_template" in accepted:
+        kwargs["chat_template"] = template
+    return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
 
 def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
@@ -51,8 +71,8 @@ def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = F
         return transformers.AutoTokenizer.from_pretrained(folder, **kw)
     try:
         return transformers.AutoProcessor.from_pretrained(folder, **kw)
-    except ImportError as e:
-        # transformers' Qwen VL processors carry a video processor that needs torchvision; images need none.
+    except (ImportError, ValueError) as e:
+        # many VLM processors carry a video processor that needs torchvision; images need none.
         if _NEEDS_TORCHVISION not in str(e).lower() or not family.processor_class:
             raise
         return assemble(Path(folder), family, trust_remote_code)
