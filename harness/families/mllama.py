@@ -47,6 +47,17 @@ def write_processor(folder: Path, config) -> None:
     processor.save_pretrained(folder)
 
 
+def init_weights(model) -> None:
+    """Open the tanh gates transformers initialises to zero (the cross-attention layers' and the tile position
+    embeddings'): closed, no image would reach the language model and its cross-attention LoRA would get no gradient."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if param.numel() == 1 and name.rpartition(".")[2].endswith("gate"):
+            with torch.no_grad():
+                param.uniform_(0.5, 1.0)
+
+
 def _ratios(tiles: int) -> list[list[int]]:
     return [[h, w] for h in range(1, tiles + 1) for w in range(1, tiles + 1) if h * w <= tiles]
 
@@ -102,5 +113,6 @@ SPEC = FamilySpec(
     # image there is no feature count to disagree with, so the model cannot refuse a missing <|image|>: the harness does
     inputs=Inputs(turn_end="<|eot_id|>", image_token=IMAGE, image_token_id="image_token_index", nested_images=True,
                   image_tokens=image_tokens, per_token=("cross_attention_mask",), model_refuses_mismatch=False),
+    init_weights=init_weights,
     gpu_sizes=("11b",),
 )

@@ -26,8 +26,9 @@ SPEC = FamilySpec(
     sizes={
         "tiny": _config(
             dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2,
-                 num_key_value_heads=1, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=2,
-                 linear_key_head_dim=32, linear_value_head_dim=32, vocab_size=320,
+                 num_key_value_heads=1, head_dim=32, vocab_size=320,
+                 # 32 value heads (as many beta and decay gates): bitsandbytes' CPU kernel packs 32 output rows
+                 linear_num_key_heads=32, linear_num_value_heads=32, linear_key_head_dim=4, linear_value_head_dim=4,
                  rope_parameters={"rope_type": "default", "rope_theta": 10_000_000.0, "partial_rotary_factor": 0.25,
                                   "mrope_interleaved": True, "mrope_section": [2, 1, 1]}),
             dict(depth=2, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=64,

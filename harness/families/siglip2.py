@@ -42,7 +42,7 @@ SPEC = FamilySpec(
     config_class="Siglip2Config",
     model_class="Siglip2Model",
     sizes={
-        "tiny": _config(dict(_tower(64, 128, 2, 2), vocab_size=320, max_position_embeddings=16),
+        "tiny": _config(dict(_tower(64, 128, 2, 2), vocab_size=320),
                         dict(_tower(64, 128, 2, 2), patch_size=8, num_patches=16)),
         "base-patch16-naflex": _config(_tower(768, 3072, 12, 12), _tower(768, 3072, 12, 12)),
         "so400m-patch16-naflex": _config(_tower(1152, 4304, 27, 16), _tower(1152, 4304, 27, 16)),

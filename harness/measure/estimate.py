@@ -140,7 +140,9 @@ def weights_bytes(model, family: FamilySpec, recipe) -> int:
     total, seen = 0, set()
     for name, module in model.named_modules():
         role = family.role_of(name)
-        quantize = q.load_in_4bit and isinstance(module, torch.nn.Linear) and role not in q.keep_16bit
+        # transformers leaves the projection inside torch's MultiheadAttention 16-bit (torch reads its weight directly)
+        quantize = (q.load_in_4bit and isinstance(module, torch.nn.Linear) and role not in q.keep_16bit
+                    and not isinstance(module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear))
         params = [(n, p, True) for n, p in module.named_parameters(recurse=False)]
         for pname, p, is_param in params + [(n, b, False) for n, b in module.named_buffers(recurse=False)]:
             if id(p) in seen:

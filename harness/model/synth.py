@@ -59,10 +59,14 @@ def builder_sources(family: FamilySpec) -> dict[str, str]:
     spec_module = _spec_module(family)
     if spec_module is not None:
         modules.setdefault(spec_module.__name__, spec_module)
-        # the family package's private helpers the module imports (_tokens, _qwen)
-        for value in vars(spec_module).values():
-            if inspect.ismodule(value) and value.__name__.startswith(base.__package__ + "."):
-                modules.setdefault(value.__name__, value)
+    # the family package's modules these import from (_qwen, and _tokens through it), transitively
+    pending = list(modules.values())
+    while pending:
+        for value in vars(pending.pop()).values():
+            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.startswith(base.__package__ + ".") and name not in modules:
+                modules[name] = sys.modules[name]
+                pending.append(modules[name])
     out = {}
     for name, module in sorted(modules.items()):
         try:
