@@ -24,7 +24,8 @@ _xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _xdist_workers:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _xdist_workers)))
 
-pytest_plugins = ["harness.plugin.phases"]  # the per-phase wall-time line at the end of a GPU session
+# the per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card
+pytest_plugins = ["harness.plugin.phases", "harness.plugin.gpus"]
 
 TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 
