@@ -395,7 +395,7 @@ def write_report(folders, out: Path) -> Report:
     sections += [profile_section(name, records) for name, records in sorted(groups.items())]
     from . import estimates
 
-    sections.append(estimates.section(join_parts(experiments), profiles, record_estimates))
+    sections.append(estimates.section(join_parts(experiments), profiles, record_estimates, label, workload, Chart))
     out = Path(out)
     parts = ["# QLoRA seed experiments: report", "",
              "Written by `qlora-harness report` from: " + ", ".join(f"`{f}`" for f in folders) + ". Memory in GiB; "

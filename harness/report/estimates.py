@@ -10,14 +10,15 @@ Published estimates computed offline, for the same models:
                                trainable parameters at 16 bytes (fp32 weights, gradients and Adam's two moments),
                                activations of Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes a layer, or 2*s*b*h
                                with full recomputation (checkpointing)
+
+The report's own helpers (Chart, a record's label and workload) come in as arguments: this module is imported by
+harness.report.build and must not import it back.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from harness.util.units import GiB
-
-from .table import batch_sizes
 
 BINS = (-0.10, -0.05, -0.02, 0.0, 0.02, 0.05, 0.10)
 
@@ -28,12 +29,10 @@ def _training_steps(record: dict):
             yield step["batch_size"]
 
 
-def rows(experiments: list[dict], profiles: list[dict], estimates_of) -> list[dict]:
+def rows(experiments: list[dict], profiles: list[dict], estimates_of, label) -> list[dict]:
     """Return one row per training-mode step of a peft record: source, arm, batch size, measured and estimated peak.
 
-    estimates_of(record) returns the record's estimate by batch size (the report's profile_estimates)."""
-    from .build import label
-
+    estimates_of(record) returns the record's estimate by batch size, label(record) its arm's name (the report's)."""
     out = []
 
     def add(source: str, arm: str, record: dict) -> None:
@@ -85,10 +84,8 @@ def _counts(errors: list[float]) -> list[float]:
     return counts
 
 
-def distribution(records: list[dict], held: list[dict]):
+def distribution(records: list[dict], held: list[dict], Chart):
     """Return the Chart of the error distribution: rows per error bin, the records' and the held-out ones."""
-    from .build import Chart
-
     chart = Chart("estimate-error", "estimate − measured peak, relative: rows per bin", "error", "rows", "bars",
                   _bin_labels(), fmt=".0f")
     chart.series["records (training mode)"] = _counts([r["error"] for r in records])
@@ -115,12 +112,10 @@ def _summary(rows_: list[dict]) -> str:
             f"{100 * max(errors):.1f}%, {sum(e <= 0.10 for e in errors)} within 10%")
 
 
-def published(profiles: list[dict], estimates_of) -> str:
+def published(profiles: list[dict], estimates_of, workload) -> str:
     """Return a Markdown table: for each model's first GPU-tier record, measured, ours and the published estimates."""
     seen, lines = set(), ["| model | step | measured GiB | ours GiB | accelerate int4 load GiB | accelerate fp16 "
                           "full fine-tune (Adam) GiB | Transformer Math 101 GiB |", "|---|---|---|---|---|---|---|"]
-    from .build import workload
-
     for r in profiles:
         name = workload(r)
         ests = estimates_of(r)
@@ -129,7 +124,7 @@ def published(profiles: list[dict], estimates_of) -> str:
             continue
         seen.add(name)
         n = ok[-1]
-        acc_load, acc_train, math = offline_estimates(r, n)
+        acc_load, acc_train, math = offline_estimates(r, n, name)
         lines.append(f"| {name} | batch {n}, {r['figures'].get('checkpointing_layers') and 'GC' or 'no GC'} | "
                      f"{r['figures'][f'peak_allocated_bs{n}_bytes'] / GiB:.2f} | {ests[str(n)]['total_bytes'] / GiB:.2f}"
                      f" | {acc_load / GiB:.2f} | {acc_train / GiB:.2f} | "
@@ -137,7 +132,7 @@ def published(profiles: list[dict], estimates_of) -> str:
     return "\n".join(lines) + "\n"
 
 
-def offline_estimates(record: dict, n: int) -> tuple[int, int, int | None]:
+def offline_estimates(record: dict, n: int, workload: str) -> tuple[int, int, int | None]:
     """Return (accelerate int4 load, accelerate fp16 training with Adam, Transformer Math 101) bytes for a record's
     model at batch n; Transformer Math is None for CLIP (no language-model rule)."""
     from accelerate.commands.estimate import estimate_training_usage
@@ -148,12 +143,10 @@ def offline_estimates(record: dict, n: int) -> tuple[int, int, int | None]:
     from harness.model.load import meta_model
     from harness.recipe import parse_recipe
 
-    from .build import workload
-
     data = {k: v for k, v in record["recipe"].items() if k != "source"}
     recipe = parse_recipe(data, source=record["case"])
     family = get_family(recipe.family)
-    size = workload(record)[len(family.name) + 1:]
+    size = workload[len(family.name) + 1:]
     counts = estimate.meta_counts(family, size, recipe)
     total_fp32, _ = calculate_maximum_sizes(meta_model(family, counts["config"]))
     acc_load = total_fp32 / 8
@@ -168,9 +161,9 @@ def offline_estimates(record: dict, n: int) -> tuple[int, int, int | None]:
     return int(acc_load), int(acc_train), int(math)
 
 
-def section(experiments: list[dict], profiles: list[dict], estimates_of) -> tuple[str, list]:
-    """Return the Markdown of the estimate section and its chart."""
-    recs, held = rows(experiments, profiles, estimates_of), held_out_rows(profiles)
+def section(experiments: list[dict], profiles: list[dict], estimates_of, label, workload, Chart) -> tuple[str, list]:
+    """Return the Markdown of the estimate section and its chart (the report's helpers passed in)."""
+    recs, held = rows(experiments, profiles, estimates_of, label), held_out_rows(profiles)
     from harness.measure.held_out import read_estimates
 
     committed = read_estimates()
@@ -184,6 +177,7 @@ def section(experiments: list[dict], profiles: list[dict], estimates_of) -> tupl
             _table(held) if held else "", "### Published estimates beside ours", "",
             "accelerate's estimate-memory covers loading (int4) or a full fine-tune (fp16 with Adam); EleutherAI's "
             "Transformer Math 101 counts 4-bit weights, LoRA with Adam and Korthikanti's activations "
-            "(harness/report/estimates.py says how each is computed).", "", published(profiles, estimates_of)]
-    return "\n".join(text), [distribution(recs, held)]
+            "(harness/report/estimates.py says how each is computed).", "",
+            published(profiles, estimates_of, workload)]
+    return "\n".join(text), [distribution(recs, held, Chart)]
 

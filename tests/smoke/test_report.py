@@ -66,7 +66,7 @@ def test_static_and_dynamic_parts_add_up_to_the_measured_peak(h200_report):
 
 def test_the_estimate_is_within_10_percent_of_every_measured_training_step(h200_report):
     experiments, profiles = report.load_results([H200])
-    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates)
+    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates, report.label)
 
     assert len(rows) >= 80  # every training-mode step of every peft record: matrix, comparisons, seed runs
     assert any("DoRA" in r["arm"] for r in rows)  # modelled, held to the same bound
@@ -89,7 +89,7 @@ def test_the_estimate_without_its_float32_loss_terms_misses_the_records(monkeypa
     monkeypatch.setattr(estimate, "LOGIT_BYTES", 10)
     report._meta_cache.clear()
     experiments, profiles = report.load_results([H200])
-    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates)
+    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates, report.label)
     assert any(not estimate.agrees(r["measured_bytes"], r["estimated_bytes"]) for r in rows)
 
 
@@ -97,11 +97,11 @@ def test_the_report_shows_the_error_of_every_row_and_its_distribution(h200_repor
     text = h200_report.path.read_text()
     chart = next(c for c in h200_report.charts if c.name == "estimate-error")
     experiments, profiles = report.load_results([H200])
-    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates)
+    rows = estimates.rows(report.join_parts(experiments), profiles, report.record_estimates, report.label)
 
     assert sum(chart.series["records (training mode)"]) == len(rows)
     assert "## The memory estimate against every measured training step" in text
-    assert f"| qwen2.5-0.5b-nf4-dq-r16.json | recipe (GPU tier) | 4 | 3.94 |" in text
+    assert "| qwen2.5-0.5b-nf4-dq-r16.json | recipe (GPU tier) | 4 | 3.94 |" in text
     assert "accelerate int4 load" in text and "Transformer Math 101" in text
 
 
@@ -139,3 +139,28 @@ def test_an_incomplete_part_marks_the_joined_run_incomplete(tmp_path):
     (tmp_path / "b.json").write_text(json.dumps({**whole, "records": whole["records"][1:], "complete": False}))
     (joined,) = report.join_parts(report.load_results([tmp_path])[0])
     assert not joined["complete"] and len(joined["records"]) == len(whole["records"])
+
+
+def test_a_held_out_record_is_judged_against_its_committed_estimate_in_its_own_table(tmp_path):
+    import json
+
+    from harness.measure import held_out
+
+    committed = held_out.read_estimates()
+    case, entry = next(iter(committed.items()))
+    record = json.loads((H200 / "qwen2.5-0.5b-nf4-dq-r16.json").read_text())  # stands in for a GPU run's record
+    n = entry["batch_size"]
+    record["figures"] = {f"status_bs{n}": "ok", f"peak_allocated_bs{n}_bytes": entry["estimate"]["total_bytes"] // 2}
+    record.update(case=case, held_out=entry["name"], label=f"held out: {entry['name']}", committed_estimate=entry,
+                  steps=[{"batch_size": n, "status": "ok", "training_mode": True, "tokens": n * 10}])
+    (tmp_path / "held").mkdir()
+    (tmp_path / "held" / f"{case}.json").write_text(json.dumps(record))
+    (tmp_path / "held" / "estimates.json").write_text(held_out.ESTIMATES_PATH.read_text())
+
+    written = report.write_report([tmp_path / "held"], tmp_path / "out")
+    text = written.path.read_text()
+    held_table = text.split("### Held-out configurations", 1)[1].split("### Published", 1)[0]
+    assert f"| {case}.json | {entry['name']} | {n} |" in held_table and "+100.0%" in held_table
+    assert "1 rows: mean |error| 100.0%" in held_table  # a miss is shown, not hidden
+    chart = next(c for c in written.charts if c.name == "estimate-error")
+    assert sum(chart.series["held out (estimated first)"]) == 1 and sum(chart.series["records (training mode)"]) == 0
