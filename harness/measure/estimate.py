@@ -326,8 +326,8 @@ def meta_counts(family: FamilySpec, size: str | None, recipe, config=None) -> di
 
 
 def from_meta(family: FamilySpec, size: str, recipe, batch_size: int, seq_len: int,
-              text_tokens: int | None = None) -> Estimate:
+              text_tokens: int | None = None, image_size: int | None = None) -> Estimate:
     """Return the estimate for a family size under a recipe from its config alone (meta device, no weights)."""
     c = meta_counts(family, size, recipe)
     return estimate(family, c["config"], recipe, c["weights_bytes"], c["trainable_params"], batch_size, seq_len,
-                    text_tokens)
+                    text_tokens, image_size=image_size)
