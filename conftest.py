@@ -45,7 +45,8 @@ def pytest_addoption(parser):
     group.addoption("--results-dir", default=None,
                     help="also write each GPU case's measured record here (any mode)")
     group.addoption("--gpu-budget", default=None,
-                    help="cap this process's GPU memory, e.g. 24GiB: does the recipe fit a smaller card?")
+                    help="cap this process's GPU memory, e.g. 24GiB or a card name (T4, L4, A10G, RTX 4090, "
+                         "A100-40GB, ...: harness/util/cards.py): does the recipe fit it?")
     group.addoption("--evict-checkpoints", action="store_true",
                     help="delete each full-size synthetic checkpoint once its tests are done (saves disk)")
 

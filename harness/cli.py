@@ -96,6 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-size", action="append", default=None,
                    help="run only this model size of the experiment (repeatable), e.g. --model-size 7b")
     p.set_defaults(run=_run)
+    from harness.measure import fit
+
+    p = sub.add_parser("fit", help="will a recipe's training step fit a GPU? the peak by part and batch size, from "
+                                   "the config alone (meta device, nothing loaded); exit 1 when nothing fits")
+    fit.add_arguments(p)
+    p.set_defaults(run=fit.run)
     p = sub.add_parser("report", help="turn saved results into report.md with PNG plots")
     p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
     p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")

@@ -188,7 +188,7 @@ def budget(name: str, title: str, f: dict, estimates: dict) -> Chart | None:
     measured = [f.get("static_allocated_bytes"), f.get("adapter_bytes"), measured_opt,
                 f.get(f"activations_bs{n}_bytes"), f.get(f"peak_allocated_bs{n}_bytes")]
     estimated = [e["weights_bytes"], e["adapters_bytes"], e["gradients_bytes"] + e["optimizer_bytes"],
-                 e["activations_bytes"], e["total_bytes"]]
+                 e["activations_bytes"] + e.get("logits_bytes", 0), e["total_bytes"]]
     chart = Chart(name, f"{title} (batch {n})", "part", "GiB", "bars", list(COMPONENTS),
                   {"estimate": [_gib(v) for v in estimated], "measured": [_gib(v) for v in measured]})
     chart.marks.update({("measured", c): "no GPU" for c, v in zip(COMPONENTS, measured) if v is None})
@@ -218,7 +218,7 @@ def _at_largest_batch(figure: str, scale: float = 1.0):
 
 
 def _estimated_peak(r: dict):
-    estimates = r.get("estimates", {})
+    estimates = record_estimates(r)
     return _gib(estimates[max(estimates, key=int)]["total_bytes"]) if estimates else None
 
 
@@ -244,6 +244,7 @@ def profile_estimates(record: dict) -> dict:
     if key not in _meta_cache:
         _meta_cache[key] = estimate.meta_counts(family, size, recipe)
     c = _meta_cache[key]
+    version = record.get("versions", {}).get("transformers")  # the estimate follows the version that ran
     out = {}
     for step in record.get("steps", []):
         if step.get("status") == "ok" and step.get("tokens"):
@@ -251,8 +252,16 @@ def profile_estimates(record: dict) -> dict:
             per_sample = step["tokens"] // n
             text = per_sample if family.kind == "dual-encoder" else None
             out[str(n)] = estimate.estimate(family, c["config"], recipe, c["weights_bytes"], c["trainable_params"],
-                                            n, per_sample, text).as_dict()
+                                            n, per_sample, text, transformers_version=version).as_dict()
     return out
+
+
+def record_estimates(record: dict) -> dict:
+    """Return a record's estimate by batch size from today's estimate code (its recipe on the meta device); the one
+    stored in the record when its recipe cannot be re-read (Unsloth's arms)."""
+    if record.get("backend", record.get("recipe", {}).get("backend", "peft")) != "peft":
+        return record.get("estimates", {})
+    return profile_estimates(record) or record.get("estimates", {})
 
 
 def _arm_summary(records: list[dict]) -> str:
@@ -326,7 +335,7 @@ def experiment_section(result: dict, name: str | None = None) -> tuple[str, list
               static_dynamic(f"{name}-static-dynamic", f"{name}: static vs dynamic VRAM",
                              [(f"{r['label']} ({r['model_size']})", r["figures"]) for r in ok if r["backend"] == "peft"]),
               estimate_vs_measured(f"{name}-estimate", f"{name}: estimated vs measured peak",
-                                   [(f"{r['label']} ({r['model_size']})", r["figures"], r.get("estimates", {}))
+                                   [(f"{r['label']} ({r['model_size']})", r["figures"], record_estimates(r))
                                     for r in ok])]
     if result["kind"] == "ablation":
         charts += [by_rank(f"{name}-rank-vram", f"{name}: measured peak VRAM by rank", ok,
@@ -339,7 +348,7 @@ def experiment_section(result: dict, name: str | None = None) -> tuple[str, list
                            _at_largest_batch("tokens_per_s_bs{n}"), "tokens/s", ",.0f")]
     if result["kind"] == "grounding" and ok:
         charts.append(budget(f"{name}-budget", f"{name}: memory budget, estimate vs measured", ok[0]["figures"],
-                             ok[0].get("estimates", {})))
+                             record_estimates(ok[0])))
     return "\n".join(text), [c for c in charts if c is not None]
 
 
@@ -381,12 +390,16 @@ def write_report(folders, out: Path) -> Report:
         sections.append(experiment_section(e, e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
     groups: dict[str, list[dict]] = {}
     for r in profiles:
-        groups.setdefault(workload(r), []).append(r)
+        if "held_out" not in r:  # the held-out configurations have their own table in the estimate section
+            groups.setdefault(workload(r), []).append(r)
     sections += [profile_section(name, records) for name, records in sorted(groups.items())]
+    from . import estimates
+
+    sections.append(estimates.section(join_parts(experiments), profiles, record_estimates, label, workload, Chart))
     out = Path(out)
     parts = ["# QLoRA seed experiments: report", "",
              "Written by `qlora-harness report` from: " + ", ".join(f"`{f}`" for f in folders) + ". Memory in GiB; "
-             "each plot is drawn from the table above it. Estimates are arithmetic (harness/estimate.py), "
+             "each plot is drawn from the table above it. Estimates are arithmetic (harness/measure/estimate.py), "
              "measured figures come from the runs; — marks a figure not measured (VRAM needs a GPU). The estimate assumes "
              "a step in training mode: the eval-mode trap shows as the gap between the two.", ""]
     charts, drawn = [], {}
