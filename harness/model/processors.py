@@ -31,12 +31,31 @@ def read_chat_template(folder: Path) -> str | None:
     return None
 
 
+def _image_processor(folder: Path, trust_remote_code: bool):
+    """Return the saved image processor: AutoImageProcessor, or the class the folder names where AutoImageProcessor
+    itself needs torchvision (transformers 5.0 to 5.23 only resolve it with torchvision installed)."""
+    import transformers
+
+    kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(folder, **kw)
+    except ImportError as e:
+        if _NEEDS_TORCHVISION not in str(e).lower():
+            raise
+        saved = json.loads((Path(folder) / "preprocessor_config.json").read_text()).get("image_processor_type", "")
+        # the torchvision-free class: the saved name without "Fast" (5.x falls back to its PIL version by itself)
+        cls = getattr(transformers, saved.removesuffix("Fast"), None)
+        if cls is None:
+            raise
+        return cls.from_pretrained(folder, **kw)
+
+
 def assemble(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
     """Return the family's processor class built from the tokenizer, image processor and chat template in folder."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    image_processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    image_processor = _image_processor(folder, trust_remote_code)
     cls = _images_only(getattr(transformers, family.processor_class))
     template = read_chat_template(folder) or getattr(tokenizer, "chat_template", None)
     return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)

@@ -170,8 +170,8 @@ def test_a_baseline_from_other_versions_is_compared_and_a_mismatch_says_which_di
     assert same.endswith("(same versions)")
 
 
-def test_every_stored_baseline_was_recorded_on_the_gpu_its_folder_names():
-    paths = sorted(baselines.BASELINES_DIR.glob("*/*.json"))
+def test_every_stored_baseline_was_recorded_on_the_gpu_its_folder_names(pytestconfig):
+    paths = sorted(baselines.project_baselines(pytestconfig.rootpath).glob("*/*.json"))
     assert paths
     for path in paths:
         assert baselines.read_baseline(path)["gpu"] == path.parent.name, path
