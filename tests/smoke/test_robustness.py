@@ -20,7 +20,7 @@ from harness.families import get_family
 from harness.measure import baselines
 from harness.model import load, lora, pipeline, synth
 from harness.model.generate import greedy
-from harness.plugin import isolation
+from harness.plugin import cases, isolation
 from harness.recipe import RECIPES_DIR, default_recipe
 from harness.util import atomic
 from harness.util.errors import HarnessError
@@ -205,11 +205,17 @@ def test_skips_say_what_is_missing():
     assert doctor.missing("bitsandbytes") is None  # installed here: the smoke tier runs
 
 
-def test_each_case_is_scheduled_as_one_xdist_group(case, request):
-    (group,) = request.node.iter_markers("xdist_group")
-    assert group.args == (case.id,)
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # under -n N the worker names the test by its group, to schedule it
-        assert request.node.nodeid.endswith(f"@{case.id}")
+def test_each_case_loads_once_per_worker(case, qlora, qlora_loads):
+    # Serially and in each pytest-xdist worker alike; with --dist loadgroup a case's tests also share one worker
+    # (its xdist_group mark), which tests/slow/test_install.py counts across workers.
+    assert qlora_loads[case.id] == 1
+
+
+def test_a_case_loaded_twice_or_in_two_workers_is_named():
+    assert cases.spread_problems([("gw0", "a", 1), ("gw1", "b", 1)]) == []
+    assert cases.spread_problems([("gw0", "a", 2)]) == ["a: expected one load per worker, found 2 in gw0"]
+    (problem,) = cases.spread_problems([("gw0", "a", 1), ("gw1", "a", 1)])
+    assert problem.startswith("a: expected its tests in one worker (one load), found loads in 2 workers: gw0, gw1")
 
 
 # --- Fault isolation: a crash mid-write leaves the previous file or folder intact and nothing temporary behind.
