@@ -59,10 +59,13 @@ def checks_module() -> Path:
 
 def recipes_or_usage_error(config, option: str, size: str = "tiny", checkpoint=None) -> list:
     """Return the cases of an option's recipe files; a bad file is a usage error (its message, exit 4), not a traceback."""
-    try:
-        return cases.recipe_cases(config.getoption(option), size, checkpoint)
-    except HarnessError as e:
-        raise pytest.UsageError(f"{option}: {e}") from None
+    found = []
+    for path in config.getoption(option):
+        try:
+            found += cases.recipe_cases([path], size, checkpoint)
+        except HarnessError as e:
+            raise pytest.UsageError(f"{option} {path}: {e}") from None
+    return found
 
 
 def pytest_configure(config):

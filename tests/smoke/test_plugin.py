@@ -70,7 +70,7 @@ def test_a_bad_recipe_file_is_a_usage_error(pytester):
     (pytester.path / "bad.yaml").write_text("name: x\nfamily: qwen25\n")
     result = run(pytester, "--qlora-recipe", "bad.yaml")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines(["*--qlora-recipe: *qwen25*did you mean*"])
+    result.stderr.fnmatch_lines(["*--qlora-recipe bad.yaml: *qwen25*did you mean*"])
 
 
 def test_without_a_recipe_the_users_fixtures_skip_saying_what_to_give(pytester):

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
 import yaml
@@ -25,7 +26,7 @@ from harness.recipe import RECIPES_DIR, default_recipe
 from harness.util import atomic
 from harness.util.errors import HarnessError
 
-ROOT = RECIPES_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, where pytest.ini and the root conftest are
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
