@@ -9,6 +9,12 @@ from harness.families import LLM, FamilySpec
 _NEEDS_TORCHVISION = "torchvision"
 
 
+def _torchvision_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is None
+
+
 def _images_only(cls):
     """Return a subclass of a processor class that accepts a missing video processor (which needs torchvision)."""
 
@@ -70,8 +76,10 @@ def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = F
         return transformers.AutoTokenizer.from_pretrained(folder, **kw)
     try:
         return transformers.AutoProcessor.from_pretrained(folder, **kw)
-    except ImportError as e:
-        # transformers' Qwen VL processors carry a video processor that needs torchvision; images need none.
-        if _NEEDS_TORCHVISION not in str(e).lower() or not family.processor_class:
+    except (ImportError, TypeError) as e:
+        # transformers' Qwen VL processors carry a video processor that needs torchvision; images need none. 5.x says
+        # so (ImportError); 5.0 fails looking its class up in a mapping that holds None for it (TypeError).
+        said = isinstance(e, ImportError) and _NEEDS_TORCHVISION in str(e).lower()
+        if not (said or _torchvision_missing()) or not family.processor_class:
             raise
         return assemble(Path(folder), family, trust_remote_code)
