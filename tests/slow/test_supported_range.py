@@ -14,10 +14,10 @@ import pytest
 from harness.gate import envs
 
 RELEASES = ("4.57.1", "5.0.0", "5.5.0", "5.12.1")
-# What changes between releases: the 4-bit load and its quant state, the roles' module paths, the processors
-# (5.0-5.23 need torchvision for AutoImageProcessor), placeholders and patches, generation, the adapter round trip.
-SUBSET = ("tests/smoke/test_quantization.py", "tests/smoke/test_roles.py", "tests/smoke/test_multimodal.py",
-          "tests/smoke/test_generation.py", "tests/smoke/test_adapters.py")
+# What changes between releases, at a cost CI affords (each release also builds its own tiny checkpoints): the
+# 4-bit load and the roles' module paths (the audit), the processors (5.0-5.23 need torchvision for the Qwen VL
+# ones), placeholders and patches, and the adapter saved and reloaded.
+SUBSET = ("tests/smoke/test_roles.py", "tests/smoke/test_multimodal.py", "tests/smoke/test_adapters.py")
 
 
 @pytest.mark.parametrize("release", RELEASES, ids=[f"transformers-{r}" for r in RELEASES])

@@ -1,5 +1,7 @@
 """Under pytest-xdist, what a user sees: with --dist loadgroup each case's model loads once, in one worker, counted
-by the plugin (qlora_loads); `--dist each`, which runs every test in every worker, is the broken case it catches."""
+by the plugin (qlora_loads). The broken cases the count catches (a case loaded twice, or in two workers) are in
+tests/smoke/test_robustness.py; `--dist each`, every test in every worker, reads as the second (checked by hand:
+both cases named, loads in gw0 and gw1), left out here to keep CI short."""
 from __future__ import annotations
 
 import json
@@ -48,11 +50,3 @@ def test_with_loadgroup_each_case_loads_once_in_one_worker(pytester, cache_dir, 
     records = loads_under(pytester, cache_dir, monkeypatch, "loadgroup")
     assert len(records) == 6
     assert cases.spread_problems(records) == []
-
-
-def test_a_case_whose_tests_run_in_two_workers_is_caught(pytester, cache_dir, monkeypatch):
-    records = loads_under(pytester, cache_dir, monkeypatch, "each")  # every test in every worker
-    assert len(records) == 12
-    problems = cases.spread_problems(records)
-    assert [p.split(":")[0] for p in problems] == ["qwen2.5-tiny-nf4-dq-r4", "qwen2.5-tiny-nf4-dq-r8"]
-    assert all("found loads in 2 workers: gw0, gw1" in p for p in problems)
