@@ -86,9 +86,15 @@ def main(argv: list[str] | None = None) -> int:
                                     "exit 1 on a regression")
     gate.add_arguments(p)
     p.set_defaults(run=gate.run)
-    p = sub.add_parser("run", help="run a seed experiment's recipe (recipes/seed-*.yaml): tiny on CPU, full size "
+    from harness.gate import check
+
+    p = sub.add_parser("check", help="the harness's checks on a recipe in this interpreter, without pytest; exit 1 "
+                                     "when one fails")
+    check.add_arguments(p)
+    p.set_defaults(run=check.run)
+    p = sub.add_parser("run", help="run a seed experiment's recipe (harness/data/recipes/seed-*.yaml): tiny on CPU, full size "
                                    "on a GPU; saves a results JSON")
-    p.add_argument("recipe", help="a seed recipe, e.g. recipes/seed-clip-static-dynamic.yaml")
+    p.add_argument("recipe", help="a seed recipe, e.g. harness/data/recipes/seed-clip-static-dynamic.yaml")
     p.add_argument("--size", choices=("tiny", "full"), default=None,
                    help="model sizes to run (default: full with a CUDA GPU, tiny without)")
     p.add_argument("--out", default="results/seed", help="folder for the results JSON (default: results/seed)")

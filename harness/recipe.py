@@ -10,6 +10,7 @@ import yaml
 
 from harness.families import ROLE_ORDER, get_family
 from harness.util.errors import HarnessError, did_you_mean
+from harness.util.resources import data_path
 
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -17,7 +18,7 @@ STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
 WEIGHTS = ("4bit", "16bit")
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+RECIPES_DIR = data_path("recipes")  # shipped in the wheel (harness/data/recipes)
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def load_recipe(path: str | Path) -> Recipe:
     """Return the recipe in a YAML file; raise HarnessError if it is missing or malformed."""
     path = Path(path)
     if not path.is_file():
-        raise HarnessError(f"recipe file {path} does not exist; give the path of a YAML recipe (see recipes/ for examples)")
+        raise HarnessError(f"recipe file {path} does not exist; give the path of a YAML recipe (see harness/data/recipes/ for examples)")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
@@ -221,5 +222,5 @@ def load_recipe(path: str | Path) -> Recipe:
 
 
 def default_recipe(family_name: str) -> Recipe:
-    """Return the default recipe of a family, from recipes/."""
+    """Return the default recipe of a family, from the shipped recipes (harness/data/recipes)."""
     return load_recipe(RECIPES_DIR / get_family(family_name).default_recipe)

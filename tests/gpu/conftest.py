@@ -121,7 +121,7 @@ def baseline_problems(pytestconfig, cuda):
     No baseline for this GPU: the test skips, saying how to create one. Never a silent pass.
     """
     fingerprint = env.gpu_fingerprint()
-    root = pytestconfig.getoption("--baselines-dir") or baselines.BASELINES_DIR
+    root = pytestconfig.getoption("--baselines-dir") or baselines.project_baselines(pytestconfig.rootpath)
     results = pytestconfig.getoption("--results-dir")
 
     def check(record: dict) -> list[str]:

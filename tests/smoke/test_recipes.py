@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from harness.families import FAMILIES
-from harness.recipe import default_recipe, load_recipe, parse_recipe
+from harness.recipe import RECIPES_DIR, default_recipe, load_recipe, parse_recipe
 from harness.util.errors import HarnessError
 
 
@@ -24,7 +24,7 @@ def test_the_vlm_default_mirrors_the_seed_work():
 
 
 def base(**changes):
-    data = yaml.safe_load(open("recipes/qwen2.5-vl.yaml"))
+    data = yaml.safe_load((RECIPES_DIR / "qwen2.5-vl.yaml").read_text())
     for dotted, value in changes.items():
         section, _, key = dotted.partition("__")
         if key:
