@@ -16,7 +16,6 @@ import pytest
 
 from harness.model.synth import default_cache_dir
 from harness.plugin import isolation
-from harness.util.errors import HarnessError
 
 # pytest-xdist workers share the cores: give each worker its share of torch threads rather than every core
 # (oversubscribed, `-n 2` on a 2-core machine ran six times slower than serially). Set before torch is imported.
@@ -24,27 +23,11 @@ _xdist_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
 if _xdist_workers:
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // _xdist_workers)))
 
+# The options (--recipe, --cache-dir, --checkpoint, --gpu-budget...) and the check of their values, exit 4 on bad
+# input: a plugin, so that an installed harness registers them before pytest reads the command line.
+pytest_plugins = ("harness.plugin.options",)
+
 TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("qlora-harness")
-    group.addoption("--cache-dir", default=None,
-                    help="folder for synthetic checkpoints (default: $QLORA_HARNESS_CACHE or ~/.cache/qlora-harness)")
-    group.addoption("--recipe", action="append", default=[],
-                    help="a recipe YAML file to test in addition to the defaults (repeatable)")
-    group.addoption("--checkpoint", default=None,
-                    help="a local checkpoint folder (save_pretrained layout or Hugging Face cache entry) to test")
-    group.addoption("--update-baselines", action="store_true",
-                    help="write baselines/<gpu>/<case>.json from this run instead of comparing with them")
-    group.addoption("--baselines-dir", default=None,
-                    help="where baselines are read and written (default: baselines/ of this checkout)")
-    group.addoption("--results-dir", default=None,
-                    help="also write each GPU case's measured record here (any mode)")
-    group.addoption("--gpu-budget", default=None,
-                    help="cap this process's GPU memory, e.g. 24GiB: does the recipe fit a smaller card?")
-    group.addoption("--evict-checkpoints", action="store_true",
-                    help="delete each full-size synthetic checkpoint once its tests are done (saves disk)")
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -64,14 +47,6 @@ def pytest_configure_node(node):
 def pytest_configure(config):
     if getattr(config, "workerinput", {}).get("loadgroup"):
         config.option.loadgroup = True  # read by pytest-xdist's worker when it names tests for scheduling
-    # A bad --recipe file is a usage error: its message and a non-zero exit, not a traceback at collection.
-    from harness.recipe import load_recipe
-
-    for path in config.getoption("--recipe"):
-        try:
-            load_recipe(path)
-        except HarnessError as e:
-            raise pytest.UsageError(f"--recipe {path}: {e}") from None
 
 
 @pytest.hookimpl(trylast=True)
