@@ -57,15 +57,17 @@ def llm_checkpoint(cache_dir):
 # --- 1. No false pass: a recipe like a default but for its targets gets its own id and its own model ---------------
 
 def test_a_recipe_that_differs_from_a_default_only_outside_the_id_is_tested_on_its_own_model(tmp_path, cache_dir):
-    # keeps the vision tower 16-bit: same family, quantization and r as qwen2.5-vl's default, so the same old id
-    mine = recipe_file(tmp_path, **{"quantization.keep_16bit": ["head", "vision_tower"],
-                                    "expect.vision_tower": {"weights": "16bit", "train": "frozen"}})
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "--recipe", str(mine),
+    # Same family, quantization and r as qwen2.5-vl's default (so the same old id), but it expects the vision
+    # tower 16-bit while quantizing it: its own model breaks that expectation, the default's model would not.
+    mine = recipe_file(tmp_path, **{"expect.vision_tower": {"weights": "16bit", "train": "frozen"}})
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rf", "--recipe", str(mine),
                            "--cache-dir", str(cache_dir), "tests/smoke/test_roles.py::test_every_role_keeps_the_recipes_expectations",
                            "-k", "qwen2.5-vl-tiny"], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:]
-    assert "[qwen2.5-vl-tiny-nf4-dq-r64-qwen2.5-vl-qlora] PASSED" in done.stdout or "2 passed" in done.stdout
-    assert "2 passed" in done.stdout
+    assert done.returncode == 1, done.stdout[-3000:]  # not a false pass on the default's model
+    assert "1 failed, 1 passed" in done.stdout
+    assert "FAILED tests/smoke/test_roles.py::test_every_role_keeps_the_recipes_expectations" \
+           "[qwen2.5-vl-tiny-nf4-dq-r64-qwen2.5-vl-qlora]" in done.stdout
+    assert "vision tower of qwen2.5-vl-tiny-nf4-dq-r64-qwen2.5-vl-qlora: expected 16-bit, found" in done.stdout
 
 
 def test_every_recipe_file_gets_a_distinct_id(tmp_path):

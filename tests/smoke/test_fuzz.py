@@ -6,6 +6,7 @@ examples derived from a fixed seed so that CI sees the same ones, no example dat
 and no model loaded inside the loop (the run and the gate's environments are replaced by stand-ins).
 """
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -15,12 +16,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import cli
+from harness.families import get_family
 from harness.recipe import RECIPES_DIR, load_recipe, parse_recipe
 from harness.util.errors import HarnessError
+from harness.util.units import parse_bytes
+
+OPTIMIZERS = ("adamw_torch", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")  # harness.checks.train
 
 FUZZ = settings(max_examples=60, deadline=None, derandomize=True, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-CLI_FUZZ = settings(FUZZ, max_examples=25)
+CLI_FUZZ = settings(FUZZ, max_examples=40)
 DEFAULT = yaml.safe_load((RECIPES_DIR / "qwen2.5.yaml").read_text())
 SECTIONS = {"quantization": ["load_in_4bit", "quant_type", "double_quant", "compute_dtype", "quant_storage", "keep_16bit"],
             "lora": ["r", "alpha", "dropout", "target_roles", "target_modules", "use_rslora", "use_dora"],
@@ -32,9 +37,16 @@ TOP = ["name", "family", "backend", "trust_remote_code", "allow_pickle"]
 scalars = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
            | st.text(max_size=12) | st.sampled_from(["nf4", "qwen2.5", "clip", "head", "q_proj", "16GiB", "4bit",
                                                       "lora", "frozen", "...", "1e-4", "adamw_torch"]))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
-                      | st.dictionaries(st.text(max_size=8) | st.sampled_from(["weights", "train", "r"]), inner,
-                                        max_size=3), max_leaves=12)
+# The values a careless or hostile user writes most: off-range numbers, sizes without units, empty things.
+edges = st.sampled_from([float("nan"), float("inf"), -1, 0, 10**9, 10**12, -2e-4, "", None, [], {}, "...", "0GiB",
+                         16, "16", [[]], {"weights": "4bit"}, {"weights": "16bit", "train": "lora"}, "adamw_troch"])
+values = edges | st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                              | st.dictionaries(st.text(max_size=8) | st.sampled_from(["weights", "train", "r"]),
+                                                inner, max_size=3), max_leaves=12)
+
+
+PATHS = [(None, k) for k in TOP + ["extra"]] + [(None, section) for section in SECTIONS] + \
+    [(section, k) for section, keys in SECTIONS.items() for k in keys + ["typo"]]
 
 
 @st.composite
@@ -42,14 +54,13 @@ def recipes(draw):
     """A default recipe with a few of its values (or whole sections) replaced by anything YAML can hold."""
     data = yaml.safe_load(yaml.safe_dump(DEFAULT))
     for _ in range(draw(st.integers(1, 3))):
-        where = draw(st.sampled_from(TOP + list(SECTIONS) + ["extra"]))
-        if where in SECTIONS and draw(st.booleans()):
-            section = data.setdefault(where, {})
-            if not isinstance(section, dict):
-                section = data[where] = {}
-            section[draw(st.sampled_from(SECTIONS[where] + ["typo"]))] = draw(values)
+        section, key = draw(st.sampled_from(PATHS))
+        if section is None:
+            data[key] = draw(values)
         else:
-            data[where] = draw(values)
+            if not isinstance(data.get(section), dict):
+                data[section] = {}
+            data[section][key] = draw(values)
     return data
 
 
@@ -57,15 +68,20 @@ def is_one_line(message: str) -> bool:
     return "\n" not in message.strip() and 0 < len(message) < 2000
 
 
-@FUZZ
+@settings(FUZZ, max_examples=400)  # parsing is a millisecond: many examples, few seconds
 @given(recipes())
 def test_the_recipe_parser_answers_a_recipe_or_one_line(data):
     try:
         recipe = parse_recipe(data, source="fuzz.yaml")
     except HarnessError as e:
         assert is_one_line(str(e)), str(e)
-    else:
-        assert recipe.lora.r > 0 and math.isfinite(recipe.lora.alpha) and recipe.lora.target_roles
+    else:  # what a valid recipe is: nothing in it can fail later
+        lora, t = recipe.lora, recipe.training
+        assert isinstance(recipe.name, str) and recipe.name.strip() and recipe.name != "None"
+        assert 0 < lora.r <= 8192 and math.isfinite(lora.alpha) and lora.alpha > 0 and lora.target_roles
+        assert math.isfinite(t.learning_rate) and 0 < t.learning_rate and t.seq_len <= 131_072
+        assert t.optimizer in OPTIMIZERS and set(recipe.quantization.keep_16bit) <= set(get_family(recipe.family).roles)
+        assert t.gpu_budget is None or parse_bytes(t.gpu_budget) >= 2**30
 
 
 yaml_text = st.lists(st.sampled_from(["name: x\n", "family: qwen2.5\n", "family: clip\n", "lora:\n", "  r: 8\n",
@@ -91,7 +107,9 @@ def test_a_recipe_file_answers_a_recipe_or_one_line(text, tmp_path):
 @pytest.fixture
 def stand_ins(monkeypatch, tmp_path, cache_dir):
     """Files to name on a command line, and the heavy work replaced: a run writes an empty result, a venv is
-    never built, a gate's collectors fail at once (so a gate answers 2 without loading a model)."""
+    never built, a gate's collectors fail at once (so a gate answers 2 without loading a model). The commands
+    run in a folder of their own: their default --out folders are relative."""
+    monkeypatch.chdir(tmp_path)
     from harness.gate import envs
     from harness.tasks import run
     from harness.util import atomic
@@ -133,7 +151,8 @@ WORDS = ["tiny", "full", "7b", "0", "-1", "0.05", "nan", "1e309", "", " ", "--",
 def argvs(draw, paths, out):
     command = draw(st.sampled_from(list(OPTIONS)))
     argv = [command]
-    anything = st.sampled_from(paths) | st.sampled_from(WORDS) | st.text(max_size=10)
+    named = st.sampled_from(paths)
+    anything = named | named | named | st.sampled_from(WORDS) | st.text(max_size=10)  # mostly real paths
     if command in ("run", "report"):
         argv += draw(st.lists(anything, min_size=command == "run", max_size=2))
     for _ in range(draw(st.integers(0, 4))):
@@ -159,11 +178,12 @@ def test_every_command_answers_0_1_or_2_with_one_line(data, stand_ins, capsys):
     except SystemExit as e:  # argparse: its usage line and one error line
         status = e.code
         err = capsys.readouterr().err
-        assert status == 2 and err.strip().splitlines()[-1].startswith("qlora-harness"), err
+        assert status == 2 and len(re.findall(r"qlora-harness(?: \w+)?: error: ", err)) == 1, err  # the subcommand's
     else:
         err = capsys.readouterr().err
         assert status in (0, 1, 2), (argv, status, err)
-        if status == 2:
-            assert err.strip().splitlines()[-1].startswith("qlora-harness: error: "), err
+        if status == 2:  # one line names the problem (a gate may quote a log's tail under it)
+            assert err.count("qlora-harness: error: ") == 1 and "\nqlora-harness: error: " in "\n" + err, err
     assert "Traceback" not in err, err
     assert leftovers(stand_ins["out"].parent) == []
+    assert leftovers(RECIPES_DIR.parent) == [] and not (RECIPES_DIR.parent / "report").exists()
