@@ -18,8 +18,10 @@ import pytest
 
 from harness.plugin import pytest_plugin
 
-# the per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card
-pytest_plugins = ["harness.plugin.phases", "harness.plugin.gpus"]
+# The repository's options (--recipe, --cache-dir, --checkpoint, --gpu-budget...) and the check of their values, exit
+# 4 on bad input: a plugin, so that an installed harness registers them before pytest reads the command line; the
+# per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card.
+pytest_plugins = ["harness.plugin.options", "harness.plugin.phases", "harness.plugin.gpus"]
 
 TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 PLUGIN = "qlora_harness"  # the pytest11 entry point's name (pyproject.toml)
@@ -31,33 +33,6 @@ def pytest_addhooks(pluginmanager):
     registered = pluginmanager.is_registered(pytest_plugin) or pluginmanager.has_plugin(PLUGIN)
     if not registered and not pluginmanager.is_blocked(PLUGIN):
         pluginmanager.register(pytest_plugin, PLUGIN)
-
-
-def pytest_addoption(parser):
-    group = parser.getgroup("qlora-harness")
-    group.addoption("--cache-dir", dest="qlora_cache_dir", default=None,
-                    help="folder for synthetic checkpoints (default: $QLORA_HARNESS_CACHE or ~/.cache/qlora-harness); "
-                         "the same as --qlora-cache-dir")
-    group.addoption("--recipe", action="append", default=[],
-                    help="a recipe YAML file to test in addition to the defaults (repeatable)")
-    group.addoption("--checkpoint", default=None,
-                    help="a local checkpoint folder (save_pretrained layout or Hugging Face cache entry) to test")
-    group.addoption("--update-baselines", action="store_true",
-                    help="write baselines/<gpu>/<case>.json from this run instead of comparing with them")
-    group.addoption("--baselines-dir", default=None,
-                    help="where baselines are read and written (default: baselines/ in the rootdir)")
-    group.addoption("--results-dir", default=None,
-                    help="also write each GPU case's measured record here (any mode)")
-    group.addoption("--gpu-budget", default=None,
-                    help="cap this process's GPU memory, e.g. 24GiB or a card name (T4, L4, A10G, RTX 4090, "
-                         "A100-40GB, ...: harness/util/cards.py): does the recipe fit it?")
-    group.addoption("--evict-checkpoints", action="store_true",
-                    help="delete each full-size synthetic checkpoint once its tests are done (saves disk)")
-
-
-def pytest_configure(config):
-    # A bad --recipe file is a usage error: its message and a non-zero exit, not a traceback at collection.
-    pytest_plugin.recipes_or_usage_error(config, "--recipe")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -43,15 +43,20 @@ def _run(args) -> int:
     import os
     from pathlib import Path
 
+    from harness.model.preflight import load_checked
     from harness.model.synth import default_cache_dir
     from harness.tasks import experiments
     from harness.tasks.run import run_experiment
     from harness.util import env
+    from harness.util.atomic import check_folder
 
-    exp = experiments.for_recipe(args.recipe)
+    recipe = load_checked(args.recipe)  # the file given, not recipes/<its name>
+    exp = experiments.for_recipe(args.recipe, recipe)
     size = args.size or ("full" if env.has_cuda() else "tiny")
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(os.environ)
-    path = run_experiment(exp, size, Path(args.out), cache, model_sizes=args.model_size)
+    check_folder(cache, "cache folder")
+    out = check_folder(Path(args.out), "--out")
+    path = run_experiment(exp, size, out, cache, model_sizes=args.model_size, recipe_path=Path(args.recipe))
     records = json.loads(path.read_text())["records"]
     failed = [r["case"] for r in records if r["status"] == "error"]
     print(f"{path}: {len(records)} arms, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
@@ -117,6 +122,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HarnessError as e:
         print(f"qlora-harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: every write is atomic, so what is on disk is whole; say so in one line
+        print(f"qlora-harness: interrupted: {args.command} stopped; files it had finished are kept, none is "
+              "half-written", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine, not the harness: a full disk, a permission, a file that vanished
+        print(f"qlora-harness: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
 
 

@@ -78,14 +78,40 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
             entry["checkpoint"] = str(pipeline.checkpoint_of(c, cache_dir, device))
             entry["facts"] = [] if prepare else case_facts(c, cache_dir, device, memory_skip)
         except Exception as e:  # noqa: BLE001 - a broken case is a fact about this environment, not a crash
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} " \
-                             f"(at {Path(where.filename).name}:{where.lineno})"
+            entry["error"] = error_line(e)
             entry["facts"] = []
             traceback.print_exc()
         entry["seconds"] = round(time.perf_counter() - start, 2)
         result["cases"][key] = entry
     return result
+
+
+ERROR_CHARS = 600  # of an exception's message kept in the facts: whole sentences, one line
+
+
+def missing_library(e: BaseException) -> str | None:
+    """Return the library an ImportError says is missing (ModuleNotFoundError's name, transformers' "requires the X
+    library"), or None."""
+    import re
+
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return e.name.split(".")[0]
+    found = re.search(r"requires the (\S+) library", str(e))
+    return found.group(1).lower() if found else None
+
+
+def error_line(e: BaseException) -> str:
+    """Return an exception as one line: its type, its whole message (lines joined, cut at a sentence), the library an
+    import lacks, and where it was raised."""
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    message = " ".join(str(e).split())
+    if len(message) > ERROR_CHARS:
+        cut = message[:ERROR_CHARS]
+        message = (cut[: cut.rfind(". ") + 1] if ". " in cut else cut) + " [...]"
+    library = missing_library(e) if isinstance(e, ImportError) else None
+    needs = f"needs the {library} library, not installed in this environment: " if library else ""
+    place = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(e).__name__}: {needs}{message}{place}"
 
 
 def _checkpoint_arg(text: str) -> tuple[str, str]:
@@ -121,10 +147,13 @@ def main(argv: list[str] | None = None) -> int:
         cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
         facts = collect(args.recipe, args.size, cache_dir, dict(args.checkpoint), args.device, args.skip_memory,
                         args.prepare)
+        write_json(Path(args.out), facts)
     except HarnessError as e:
         print(f"harness.gate.collect: error: {e}", file=sys.stderr)
         return 2
-    write_json(Path(args.out), facts)
+    except KeyboardInterrupt:  # the gate stops its collectors on Ctrl-C: one line in the log, no traceback
+        print("harness.gate.collect: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

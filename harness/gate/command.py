@@ -38,7 +38,10 @@ class _CollectorFailed(Exception):
 def _validate(args) -> list[str]:
     """Return the recipe files to gate, checked here so bad input stops before any environment is built."""
     from harness.families import FAMILIES, check_size, get_family
-    from harness.recipe import RECIPES_DIR, load_recipe
+    from harness.model.preflight import load_checked
+    from harness.recipe import RECIPES_DIR
+    from harness.util import env
+    from harness.util.atomic import check_folder
 
     if not 0 < args.tolerance < 1:
         raise HarnessError(f"--tolerance {args.tolerance}: expected a share of the logits' spread between 0 and 1, e.g. 0.05")
@@ -47,7 +50,14 @@ def _validate(args) -> list[str]:
                            "this interpreter), e.g. --reference transformers==4.57.1")
     paths = [str(Path(p).absolute()) for p in args.recipe] or [str(RECIPES_DIR / get_family(n).default_recipe) for n in FAMILIES]
     for path in paths:
-        check_size(get_family(load_recipe(path).family), args.size)
+        family = get_family(load_checked(path).family)
+        check_size(family, args.size)
+        if args.size != "tiny" and not env.has_cuda():
+            raise HarnessError(f"--size {args.size} builds full-size {family.name} checkpoints and needs a CUDA GPU, "
+                               "found none; run the gate at --size tiny on CPU")
+    check_folder(Path(args.out), "--out")
+    if args.cache_dir:
+        check_folder(Path(args.cache_dir), "--cache-dir")
     return paths
 
 
@@ -112,6 +122,9 @@ def run(args) -> int:
 
     recipes = _validate(args)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    from harness.util.atomic import check_folder
+
+    check_folder(cache_dir, "cache folder (--cache-dir or $QLORA_HARNESS_CACHE)")
     sides = {"reference": _environment(args.reference, "reference", cache_dir),
              "candidate": _environment(args.candidate, "candidate", cache_dir)}
     out = Path(args.out)
@@ -133,6 +146,11 @@ def run(args) -> int:
             facts = _collect("collect", sides, common + [a for pair in shared for a in ("--checkpoint", pair)], out, pythonpath,
                              parallel=memory_skip is not None)
             rows = compare.compare(facts["reference"], facts["candidate"], args.tolerance)
+            same = compare.same_errors(facts["reference"], facts["candidate"])
+            if same:  # not a regression: the input is wrong for both
+                key, error = next(iter(same.items()))
+                raise HarnessError(f"case {key} raises the same error in both environments, so it is the input, not "
+                                   f"the candidate: {error}; fix the recipe or checkpoint (logs in {out / 'logs'})")
         except _CollectorFailed as e:
             if e.side == "reference":
                 raise HarnessError(f"{e}\nfix the reference environment first: the gate has nothing to compare against") from None

@@ -154,6 +154,18 @@ def _judge_memory(row: Row, ref: dict, cand: dict, versions) -> None:
         row.status, row.message = FAIL, "; ".join(problems).replace("baseline", "reference").replace("measured", "candidate")
 
 
+def _without_place(error: str) -> str:
+    return error.rsplit(" (at ", 1)[0].strip()
+
+
+def same_errors(reference: dict, candidate: dict) -> dict[str, str]:
+    """Return {case: error} for the cases that raise the same error on both sides: bad input, not a regression."""
+    ref, cand = reference.get("cases", {}), candidate.get("cases", {})
+    return {key: _without_place(r["error"]) for key, r in ref.items()
+            if r.get("error") and key in cand and cand[key].get("error")
+            and _without_place(r["error"]) == _without_place(cand[key]["error"])}
+
+
 def counts(rows: list[Row]) -> dict[str, int]:
     """Return how many rows have each status."""
     return {s: sum(1 for r in rows if r.status == s) for s in STATUSES}

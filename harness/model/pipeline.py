@@ -27,6 +27,11 @@ class Case:
     def id(self) -> str:
         return self.recipe.test_id(self.size) + (f"--{self.variant}" if self.variant else "")
 
+    @property
+    def key(self) -> tuple:
+        """What a loaded model depends on: equal keys may share one load (the id is for reading, this for caching)."""
+        return (self.family.name, self.size, self.recipe.fingerprint(), str(self.checkpoint or ""), self.variant)
+
 
 @dataclass
 class Harnessed:

@@ -58,8 +58,11 @@ def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    """Return whether folder holds a finished synthetic checkpoint."""
-    return (Path(folder) / MARKER).is_file()
+    """Return whether folder holds a finished synthetic checkpoint whose weight files are whole (a file truncated
+    after the build, by a full disk or a bad copy, makes the folder unfinished: it is built again)."""
+    from .weights import headers_intact
+
+    return (Path(folder) / MARKER).is_file() and headers_intact(folder)
 
 
 def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:

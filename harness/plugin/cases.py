@@ -18,7 +18,7 @@ CASE_FIXTURES: dict[str, Callable[[pipeline.Case], bool]] = {
     "dual_case": lambda c: c.family.kind == DUAL_ENCODER,
 }
 
-_loaded: dict[str, pipeline.Harnessed] = {}
+_loaded: dict[tuple, pipeline.Harnessed] = {}  # keyed by the whole recipe: never another recipe's model
 _loads: Counter = Counter()
 
 
@@ -35,10 +35,10 @@ def recipe_cases(paths, size: str = "tiny", checkpoint: str | Path | None = None
 
 def shared(c: pipeline.Case, cache_dir: Path) -> pipeline.Harnessed:
     """Return the case loaded for this process: loaded on first use, then the same object (read it, do not train it)."""
-    if c.id not in _loaded:
-        _loaded[c.id] = pipeline.harness(c, cache_dir)
+    if c.key not in _loaded:
+        _loaded[c.key] = pipeline.harness(c, cache_dir)
         _loads[c.id] += 1
-    return _loaded[c.id]
+    return _loaded[c.key]
 
 
 def load_counts() -> dict[str, int]:

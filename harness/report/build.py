@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.util.atomic import write_text
+from harness.util.atomic import check_folder, staged_folder, write_text
 from harness.util.errors import HarnessError
 from harness.util.units import GiB
 
@@ -64,10 +64,42 @@ def load_results(folders) -> tuple[list[dict], list[dict]]:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HarnessError(f"{path}: not a results JSON ({e}); remove it or fix it") from None
             if isinstance(data, dict) and "experiment" in data and "records" in data:
+                _require(data, EXPERIMENT_FIELDS, path)
+                for i, record in enumerate(data["records"]):
+                    _require(record, RECORD_FIELDS, path, f"records[{i}].")
                 experiments.append({**data, "source": str(path)})
             elif isinstance(data, dict) and "case" in data and "figures" in data and "error" not in data:
+                _require(data, PROFILE_FIELDS, path)
                 profiles.append({**data, "source": str(path)})
     return experiments, profiles
+
+
+# What a results file must hold for its section to be drawn, and of what type.
+EXPERIMENT_FIELDS = {"experiment": str, "title": str, "recipe": str, "size": str, "kind": str, "records": list}
+RECORD_FIELDS = {"case": str, "variant": str, "label": str, "model_size": str, "status": str, "backend": str,
+                 "figures": dict}
+PROFILE_FIELDS = {"case": str, "figures": dict}
+
+
+def _require(data, required: dict, path: Path, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: {prefix.rstrip('.') or 'the file'} is a {type(data).__name__}, not a record; "
+                           "it is not a results file: remove it or fix it")
+    for key, kind in required.items():
+        if not isinstance(data.get(key), kind):
+            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise HarnessError(f"{path}: field {prefix}{key} should be a {kind.__name__}, found {found}; it is not a "
+                               "results file `qlora-harness run` or `pytest -m gpu --results-dir` wrote: remove it or fix it")
+
+
+def _section_of(sources, build, *args):
+    """Return build(*args); a results file that holds the fields but not their contents is named, not a traceback."""
+    try:
+        return build(*args)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"field {e.args[0]!r} missing" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise HarnessError(f"{', '.join(map(str, sources))}: cannot be reported ({what}); it is not a results file "
+                           "this harness wrote: remove it or fix it") from None
 
 
 def join_parts(results: list[dict]) -> list[dict]:
@@ -387,28 +419,47 @@ def write_report(folders, out: Path) -> Report:
     for e in join_parts(experiments):  # the same experiment twice (another GPU or versions): its charts numbered
         seen[e["experiment"]] = seen.get(e["experiment"], 0) + 1
         n = seen[e["experiment"]]
-        sections.append(experiment_section(e, e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
+        sections.append(_section_of(e["sources"], experiment_section, e,
+                                    e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
     groups: dict[str, list[dict]] = {}
     for r in profiles:
         if "held_out" not in r:  # the held-out configurations have their own table in the estimate section
             groups.setdefault(workload(r), []).append(r)
-    sections += [profile_section(name, records) for name, records in sorted(groups.items())]
+    sections += [_section_of([r["source"] for r in records], profile_section, name, records)
+                 for name, records in sorted(groups.items())]
     from . import estimates
 
     sections.append(estimates.section(join_parts(experiments), profiles, record_estimates, label, workload, Chart))
-    out = Path(out)
+    out = check_report_folder(Path(out))
     parts = ["# QLoRA seed experiments: report", "",
              "Written by `qlora-harness report` from: " + ", ".join(f"`{f}`" for f in folders) + ". Memory in GiB; "
              "each plot is drawn from the table above it. Estimates are arithmetic (harness/measure/estimate.py), "
              "measured figures come from the runs; — marks a figure not measured (VRAM needs a GPU). The estimate assumes "
              "a step in training mode: the eval-mode trap shows as the gap between the two.", ""]
     charts, drawn = [], {}
-    for text, section_charts in sections:
-        parts.append(text)
-        for chart in section_charts:
-            drawn[chart.name] = draw(chart, out / f"{chart.name}.png")
-            parts += [f"### {chart.title}", "", chart.table(), f"![{chart.title}]({chart.name}.png)", ""]
-            charts.append(chart)
-    path = out / "report.md"
-    write_text(path, "\n".join(parts) + "\n")
-    return Report(path, charts, drawn)
+    with staged_folder(out) as stage:  # the folder as a whole: an interrupted report leaves the previous one
+        for text, section_charts in sections:
+            parts.append(text)
+            for chart in section_charts:
+                drawn[chart.name] = draw(chart, stage / f"{chart.name}.png")
+                parts += [f"### {chart.title}", "", chart.table(), f"![{chart.title}]({chart.name}.png)", ""]
+                charts.append(chart)
+        write_text(stage / "report.md", "\n".join(parts) + "\n")
+    return Report(out / "report.md", charts, drawn)
+
+
+REPORT_FILES = ("report.md", "*.png")
+
+
+def check_report_folder(out: Path) -> Path:
+    """Return out once it can take a report: missing, empty, or a report folder (report.md and PNGs only), which the
+    new report replaces as a whole; raise if it holds other files, which replacing it would delete."""
+    check_folder(out, "--out")
+    if out.is_dir():
+        own = {p for pattern in REPORT_FILES for p in out.glob(pattern)}
+        other = sorted(p.name for p in out.iterdir() if p not in own)
+        if other:
+            raise HarnessError(f"--out {out} holds files a report does not write ({', '.join(other[:3])}"
+                               f"{', ...' if len(other) > 3 else ''}); the report replaces its folder as a whole: "
+                               "give an empty folder or an earlier report's")
+    return out

@@ -6,6 +6,8 @@ plugin (harness.plugin): this file only says which cases the smoke tier runs and
 """
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from harness.families import FAMILIES
@@ -16,8 +18,11 @@ from harness.recipe import default_recipe
 
 def smoke_cases(config) -> list[pipeline.Case]:
     """Return the grid: each family's default recipe at tiny size, plus any --recipe files."""
-    return [pipeline.case(name, "tiny", default_recipe(name)) for name in FAMILIES] + cases.recipe_cases(
+    grid = [pipeline.case(name, "tiny", default_recipe(name)) for name in FAMILIES] + cases.recipe_cases(
         config.getoption("--recipe"))
+    ids = [c.id for c in grid]  # two recipe files of one name: told apart by what they say
+    return [dataclasses.replace(c, variant=c.recipe.fingerprint()) if ids.count(c.id) > 1 and not c.recipe.shipped
+            else c for c in grid]
 
 
 def pytest_generate_tests(metafunc):

@@ -58,4 +58,4 @@ def test_a_recipe_file_round_trips(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(base(lora__r=8)))
     recipe = load_recipe(path)
-    assert recipe.lora.r == 8 and recipe.test_id("tiny") == "qwen2.5-vl-tiny-nf4-dq-r8"
+    assert recipe.lora.r == 8 and recipe.test_id("tiny") == "qwen2.5-vl-tiny-nf4-dq-r8-qwen2.5-vl-qlora"

@@ -13,6 +13,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness import cli, doctor
@@ -293,7 +294,14 @@ def test_a_killed_build_leaves_a_staging_folder_that_the_next_build_sweeps(tmp_p
     stale = tmp_path / "checkpoints" / f".qwen2.5-tiny-{key}.k1ll3d{atomic.PARTIAL}"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_text("half")
-    monkeypatch.setattr(synth, "_build", lambda family, size, out, seed, device: (out / synth.MARKER).write_text("{}"))
+
+    def build(family, size, out, seed, device):  # whole weights (a header the size of the file) and the marker
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(out / "model.safetensors"))
+        (out / synth.MARKER).write_text("{}")
+
+    monkeypatch.setattr(synth, "_build", build)
 
     folder = synth.synthetic_checkpoint(family, "tiny", tmp_path)
 
