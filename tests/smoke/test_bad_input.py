@@ -18,7 +18,7 @@ from harness.recipe import RECIPES_DIR, default_recipe, load_recipe
 from harness.util import atomic
 from harness.util.errors import HarnessError
 
-ROOT = RECIPES_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout
 TOKEN = "hf_" + "Q7x" * 10  # the shape of a Hugging Face token
 
 
