@@ -17,6 +17,7 @@ STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
 WEIGHTS = ("4bit", "16bit")
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
+TRAINERS = ("harness", "trl")  # who runs the user's training loop: the harness's own, or TRL's SFTTrainer
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
@@ -51,6 +52,8 @@ class Training:
     learning_rate: float = 2e-4
     prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
     gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
+    trainer: str = "harness"  # "trl": the user trains with TRL's SFTTrainer, configured by sft_config
+    sft_config: dict | None = None  # TRL SFTConfig keyword arguments, as the user writes them
 
 
 @dataclass(frozen=True)
@@ -185,6 +188,10 @@ def validate(recipe: Recipe) -> None:
         raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
     if not lora.target_modules:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
+    _choice(t.trainer, TRAINERS, "training.trainer", where)
+    if t.sft_config is not None and (t.trainer != "trl" or not isinstance(t.sft_config, dict)):
+        raise HarnessError(f"{where}: training.sft_config holds TRL SFTConfig arguments: expected a mapping with "
+                           f"training.trainer: trl, found {type(t.sft_config).__name__} with trainer {t.trainer!r}")
     if t.gpu_budget is not None:
         from harness.util.units import parse_bytes
 
