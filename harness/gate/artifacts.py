@@ -53,7 +53,8 @@ def save(c: pipeline.Case, h: pipeline.Harnessed, folder: Path, cache_dir: Path,
     if c.recipe.quantization.load_in_4bit:
         base.save_pretrained(folder / "quantized", safe_serialization=True)
         states = carried.quant_states(base)  # before the forward too: the repacked weights read back rounded
-        manifest["quantized"] = {"logits": _encoded(logits(base, batch)), "quant_states": states}
+        manifest["quantized"] = {"logits": _encoded(logits(base, batch)), "quant_states": states,
+                                 "dtype": str(base.dtype).removeprefix("torch.")}
     del base
     h.model.save_pretrained(folder / "adapter")
     merged = merge.merged_model(h.model, c.recipe.quantization.compute_dtype)  # before h's first inference forward
@@ -81,47 +82,80 @@ def _close(name: str, what: str, got, expected: dict, tolerance: float) -> list[
 
 
 def load_facts(c: pipeline.Case, folder: Path, saved_by: str, cache_dir: Path, device: str, tolerance: float) -> list[dict]:
-    """Return the facts of loading the other side's artifacts in folder: adapter, merged checkpoint, 4-bit checkpoint."""
+    """Return the facts of loading the other side's artifacts in folder: adapter, merged checkpoint, 4-bit checkpoint;
+    one that raises is a failed fact naming the error, and the others still load."""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    name, facts = c.id, []
     who = f"saved by the {saved_by}"
-    where = f"{who} ({_versions(manifest['versions'])})"
-    ckpt, base = pipeline.load_base(c, cache_dir, device)
-    processor = load.load_processor(ckpt, c.family, c.recipe.trust_remote_code)
-    batch = _batch(c, processor, device)
+    ctx = {"case": c, "folder": folder, "manifest": manifest, "cache_dir": cache_dir, "device": device,
+           "tolerance": tolerance, "where": f"{who} ({_versions(manifest['versions'])})"}
+    ckpt = pipeline.checkpoint_of(c, cache_dir, device)
+    ctx["batch"] = _batch(c, load.load_processor(ckpt, c.family, c.recipe.trust_remote_code), device)
+    facts = []
+    for check, loader, needed in ((f"adapter {who} loads", _load_adapter, "adapter"),
+                                  (f"merged 16-bit checkpoint {who} loads", _load_merged, "merged"),
+                                  (f"4-bit checkpoint {who} loads pre-quantized", _load_quantized, "quantized")):
+        if needed not in manifest:
+            continue
+        try:
+            value, shown, problems = loader(ctx)
+        except Exception as e:  # noqa: BLE001 - an artifact that cannot be loaded or run is the fact
+            value, shown = None, "raised"
+            problems = [f"{needed} of {c.id} {ctx['where']}: loading and running it here raised {type(e).__name__}: "
+                        f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"]
+        facts.append(fact(check, CHECK, value, shown, problems))
+    return facts
+
+
+def _load_adapter(ctx):
+    c, manifest, name = ctx["case"], ctx["manifest"], ctx["case"].id
+    _, base = pipeline.load_base(c, ctx["cache_dir"], ctx["device"])
+    model, result = carried.load_adapter(base, ctx["folder"] / "adapter")
+    problems = result.problems(name) + _close(name, "adapter " + ctx["where"], logits(model, ctx["batch"]),
+                                              manifest["adapter"]["logits"], ctx["tolerance"])
+    shown = f"{result.saved_keys - len(result.unexpected)} of {result.saved_keys} tensors loaded"
+    return ({"saved": result.saved_keys, "missing": len(result.missing)},
+            shown + (", outputs match" if not problems else ""), problems)
+
+
+def _load_merged(ctx):
+    c, manifest, name = ctx["case"], ctx["manifest"], ctx["case"].id
+    dtype = manifest["merged"]["dtype"]
     roles = [r for r in FROZEN_ROLES if r in c.family.roles and r not in c.recipe.lora.target_roles]
-    base_tensors = carried.base_tensors_of_roles(base, c.family, roles, manifest["merged"]["dtype"]) if roles else {}
-    model, result = carried.load_adapter(base, folder / "adapter")
-    problems = result.problems(name) + _close(name, "adapter " + where, logits(model, batch),
-                                              manifest["adapter"]["logits"], tolerance)
-    facts.append(fact(f"adapter {who} loads", CHECK, {"saved": result.saved_keys, "missing": len(result.missing)},
-                      f"{result.saved_keys - len(result.unexpected)} of {result.saved_keys} tensors loaded"
-                      + (", outputs match" if not problems else ""), problems))
-    del model, base
-    merged, warned = carried.load_merged(folder / "merged", c.family, manifest["merged"]["dtype"], device)
+    base_tensors = {}
+    if roles:
+        _, base = pipeline.load_base(c, ctx["cache_dir"], ctx["device"])
+        base_tensors = carried.base_tensors_of_roles(base, c.family, roles, dtype)
+        del base
+    merged, warned = carried.load_merged(ctx["folder"] / "merged", c.family, dtype, ctx["device"])
     found = carried.MergedLoad(carried.quantization_marks(merged.config), len(carried.linear4bit_names(merged)),
                                warnings=warned)
     if base_tensors:
-        found.frozen_roles, found.changed = carried.compare_roles(merged, base_tensors, c.family)
-    problems = found.problems(name) + _close(name, "merged checkpoint " + where, logits(merged, batch),
-                                             manifest["merged"]["logits"], tolerance)
+        q = c.recipe.quantization
+        four_bit = [r for r in roles if q.load_in_4bit and r not in q.keep_16bit]
+        found.frozen_roles, found.changed = carried.compare_roles(merged, base_tensors, c.family, four_bit)
+    problems = found.problems(name) + _close(name, "merged checkpoint " + ctx["where"], logits(merged, ctx["batch"]),
+                                             manifest["merged"]["logits"], ctx["tolerance"])
     compared = sum(found.frozen_roles.values())
-    facts.append(fact(f"merged 16-bit checkpoint {who} loads", CHECK, {"linear4bit": found.linear4bit},
-                      f"no quantization config, {compared} vision/projector tensors compared" if not problems
-                      else f"{len(problems)} problems", problems))
-    del merged
-    if "quantized" in manifest:
-        model, warned = carried.load_prequantized(folder / "quantized", c.family, device)
-        states = carried.quant_states(model)  # before any forward: CPU repacking would change nothing read here
-        problems = carried.quant_state_problems(manifest["quantized"]["quant_states"], states, name)
-        problems += [f"pre-quantized 4-bit checkpoint of {name}: loading warned: {w[:300]}" for w in warned[:1]]
-        problems += _close(name, "pre-quantized 4-bit checkpoint " + where, logits(model, batch),
-                           manifest["quantized"]["logits"], tolerance)
-        facts.append(fact(f"4-bit checkpoint {who} loads pre-quantized", CHECK, len(states),
-                          f"{len(states)} Linear4bit with their quant states" if not problems else f"{len(problems)} problems",
-                          problems))
-    return facts
+    return ({"linear4bit": found.linear4bit},
+            f"no quantization config, {compared} vision/projector tensors as the base's" if not problems
+            else f"{len(problems)} problems", problems)
+
+
+def _load_quantized(ctx):
+    c, manifest, name = ctx["case"], ctx["manifest"], ctx["case"].id
+    model, warned = carried.load_prequantized(ctx["folder"] / "quantized", c.family, ctx["device"])
+    states = carried.quant_states(model)  # before any forward: on CPU the first one repacks the 4-bit weights
+    problems = carried.quant_state_problems(manifest["quantized"]["quant_states"], states, name)
+    problems += [f"pre-quantized 4-bit checkpoint of {name}: loading warned: {w[:300]}" for w in warned[:1]]
+    problems += _close(name, "pre-quantized 4-bit checkpoint " + ctx["where"], logits(model, ctx["batch"]),
+                       manifest["quantized"]["logits"], ctx["tolerance"])
+    dtype, saved_dtype = str(model.dtype).removeprefix("torch."), manifest["quantized"].get("dtype")
+    if problems and saved_dtype and dtype != saved_dtype:
+        problems.append(f"pre-quantized 4-bit checkpoint of {name}: from_pretrained without a dtype loads it in "
+                        f"{dtype} here, where the saving side ran {saved_dtype}: the default dtype differs")
+    shown = f"{len(states)} Linear4bit with their quant states, {dtype}"
+    return len(states), shown if not problems else f"{len(problems)} problems ({dtype})", problems
 
 
 def _versions(versions: dict) -> str:
@@ -148,22 +182,37 @@ def fixture_facts(c: pipeline.Case, cache_dir: Path, device: str, root: Path = F
     return facts
 
 
-def carried_rows(reference: dict, candidate: dict):
-    """Return the verdict rows of the carry step: each side's loads of the other's artifacts, a failure either way
-    failing the gate (an adapter the candidate writes must load in the reference too: users go both ways)."""
-    from .compare import FAIL, PASS, Row
+def _older(reference: dict, candidate: dict, library: str = "transformers") -> bool:
+    from packaging.version import Version
 
+    old, new = reference.get("versions", {}).get(library), candidate.get("versions", {}).get(library)
+    return bool(old and new) and Version(old) < Version(new)
+
+
+def carried_rows(reference: dict, candidate: dict):
+    """Return the verdict rows of the carry step: each side's loads of the other's artifacts.
+
+    The candidate must load everything the reference saved (fail otherwise). The reference must load the candidate's
+    adapter too (adapters go both ways: fail); a full checkpoint saved by a newer transformers that an older one
+    cannot run is reported as changed: transformers does not promise that older releases read newer checkpoints.
+    """
+    from .compare import CHANGED, FAIL, PASS, Row
+
+    newer_saves = _older(reference, candidate)
     rows = []
     for loader, data in (("candidate", candidate), ("reference", reference)):
         for key, entry in data["cases"].items():
+            soft = loader == "reference" and newer_saves
             if entry.get("error"):
-                rows.append(Row(key, f"artifacts of the other side load in the {loader}", FAIL,
+                rows.append(Row(key, f"artifacts of the other side load in the {loader}", CHANGED if soft else FAIL,
                                 "saved" if loader == "candidate" else "raised", "raised" if loader == "candidate" else "saved",
                                 f"{key}: loading the other side's artifacts in the {loader} raised {entry['error']}"))
                 continue
             for f in entry["facts"]:
                 shown = (("saved", f["shown"]) if loader == "candidate" else (f["shown"], "saved"))
                 ok = f["ok"] is not False
-                rows.append(Row(key, f"{f['check']} in the {loader}", PASS if ok else FAIL, *shown,
-                                "" if ok else "; ".join(f["problems"])))
+                status = PASS if ok else CHANGED if soft and not f["check"].startswith("adapter") else FAIL
+                note = " (an older transformers reading a newer one's checkpoint)" if status == CHANGED else ""
+                rows.append(Row(key, f"{f['check']} in the {loader}", status, *shown,
+                                "" if ok else "; ".join(f["problems"]) + note))
     return rows

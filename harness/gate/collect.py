@@ -75,8 +75,8 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
         from . import artifacts as carry
         from . import trainpath
 
-        if load_artifacts is not None:
-            return carry.load_facts(c, carry.case_folder(load_artifacts, key), saved_by, cache_dir, device, tolerance)
+        if load_artifacts is not None:  # only generating families train and save artifacts
+            return [] if not c.family.generates else carry.load_facts(c, carry.case_folder(load_artifacts, key), saved_by, cache_dir, device, tolerance)
         save = None if artifacts is None else (
             lambda h: carry.save(c, h, carry.case_folder(artifacts, key), cache_dir, device, result["versions"]))
         return (case_facts(c, cache_dir, device, memory_skip) + trainpath.case_facts(c, cache_dir, device, save)

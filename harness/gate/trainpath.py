@@ -128,9 +128,9 @@ def trl_facts(c: pipeline.Case, cache_dir: Path, device: str) -> list[dict]:
         import trl  # noqa: F401
     except ImportError:
         return [fact("TRL SFTTrainer step", SKIPPED, None, f"skipped: {TRL_MISSING}")]
-    from harness.checks import sft_trl
-
     import torch
+
+    from harness.checks import sft_trl
 
     torch.manual_seed(dynamics.SEED)
     h = pipeline.harness(c, cache_dir, device)
