@@ -19,7 +19,7 @@ from harness.model import load, merge, pipeline
 from harness.model.generate import logits
 from harness.util.atomic import write_json
 
-from .facts import CHECK, decode, encode, fact
+from .facts import CHECK, SKIPPED, decode, encode, fact
 
 MANIFEST = "manifest.json"
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "adapters"
@@ -85,8 +85,11 @@ def load_facts(c: pipeline.Case, folder: Path, saved_by: str, cache_dir: Path, d
     """Return the facts of loading the other side's artifacts in folder: adapter, merged checkpoint, 4-bit checkpoint;
     one that raises is a failed fact naming the error, and the others still load."""
     folder = Path(folder)
-    manifest = json.loads((folder / MANIFEST).read_text())
     who = f"saved by the {saved_by}"
+    if not (folder / MANIFEST).is_file():  # the other side's checks raised before it saved: its row says why
+        return [fact(f"artifacts {who} load", SKIPPED, None, f"skipped: the {saved_by} saved no artifacts for {c.id} "
+                                                             "(its checks of this case raised)")]
+    manifest = json.loads((folder / MANIFEST).read_text())
     ctx = {"case": c, "folder": folder, "manifest": manifest, "cache_dir": cache_dir, "device": device,
            "tolerance": tolerance, "where": f"{who} ({_versions(manifest['versions'])})"}
     ckpt = pipeline.checkpoint_of(c, cache_dir, device)
@@ -196,7 +199,7 @@ def carried_rows(reference: dict, candidate: dict):
     adapter too (adapters go both ways: fail); a full checkpoint saved by a newer transformers that an older one
     cannot run is reported as changed: transformers does not promise that older releases read newer checkpoints.
     """
-    from .compare import CHANGED, FAIL, PASS, Row
+    from .compare import CHANGED, FAIL, PASS, SKIP, Row
 
     newer_saves = _older(reference, candidate)
     rows = []
@@ -212,6 +215,9 @@ def carried_rows(reference: dict, candidate: dict):
                 shown = (("saved", f["shown"]) if loader == "candidate" else (f["shown"], "saved"))
                 ok = f["ok"] is not False
                 status = PASS if ok else CHANGED if soft and not f["check"].startswith("adapter") else FAIL
+                if f["kind"] == SKIPPED:
+                    rows.append(Row(key, f"{f['check']} in the {loader}", SKIP, *shown, f["shown"]))
+                    continue
                 note = " (an older transformers reading a newer one's checkpoint)" if status == CHANGED else ""
                 rows.append(Row(key, f"{f['check']} in the {loader}", status, *shown,
                                 "" if ok else "; ".join(f["problems"]) + note))

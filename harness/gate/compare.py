@@ -82,7 +82,8 @@ def compare_fact(key: str, ref: dict, cand: dict, tolerance: float = DEFAULT_TOL
     if SKIPPED in (ref["kind"], cand["kind"]):
         row.status, row.message = SKIP, "; ".join(dict.fromkeys(f["shown"] for f in (ref, cand) if f["kind"] == SKIPPED))
     elif ref["kind"] in trainpath.KINDS:  # the training path's sequences, loss series and tensors
-        row.status, row.reference, row.candidate, row.message = trainpath.judge(check, key, ref, cand, tolerance)
+        kept, row.reference, row.candidate, row.message = trainpath.judge(check, key, ref, cand, tolerance)
+        row.status = PASS if kept else FAIL
     elif ref["kind"] == CHECK:
         _judge_check(row, ref, cand)
     elif ref["kind"] == LOGITS:

@@ -160,23 +160,22 @@ def _first_difference(old, new, path=()):
     return None if old == new else (path, old, new)
 
 
-def judge(check: str, case: str, ref: dict, cand: dict, tolerance: float) -> tuple[str, str, str, str]:
-    """Return (status, reference shown, candidate shown, message) of a fact of one of this module's kinds."""
-    from .compare import FAIL, PASS
-
+def judge(check: str, case: str, ref: dict, cand: dict, tolerance: float) -> tuple[bool, str, str, str]:
+    """Return (kept, reference shown, candidate shown, message) of a fact of one of this module's kinds: kept is
+    False when the candidate's value leaves the reference's (compare makes that row a failure)."""
     kind, old, new = ref["kind"], ref["value"], cand["value"]
     if kind == EXACT:
         found = _first_difference(old, new)
         if found is None:
-            return PASS, ref["shown"], cand["shown"], ""
+            return True, ref["shown"], cand["shown"], ""
         where, a, b = found
-        return FAIL, ref["shown"], cand["shown"], (f"{check} of {case} differ at {list(where)}: {a} in the reference, {b} "
+        return False, ref["shown"], cand["shown"], (f"{check} of {case} differ at {list(where)}: {a} in the reference, {b} "
                                                    "in the candidate")
     if kind == SERIES:
         step = dynamics.parting_step(old["values"], new["values"], old["tolerance"])
         if step is None:
             gap = max(dynamics.relative_gaps(old["values"], new["values"]), default=0.0)
-            return PASS, ref["shown"], cand["shown"] + (f" (max gap {gap:.2g})" if gap else ""), ""
+            return True, ref["shown"], cand["shown"] + (f" (max gap {gap:.2g})" if gap else ""), ""
         r = old["values"][step] if step < len(old["values"]) else None
         n = new["values"][step] if step < len(new["values"]) else None
         at = f"at {old['unit']} {step}" if old["unit"] == "step" else "on the example"
@@ -184,12 +183,12 @@ def judge(check: str, case: str, ref: dict, cand: dict, tolerance: float) -> tup
         if old["unit"] == "step":
             cause = (" (step 0 is the base model's loss: a change there is the loss itself, e.g. its normalisation; "
                      "a later one is what the updates do: LoRA scaling, gradient flow, the optimizer)")
-        return FAIL, ref["shown"], cand["shown"], (
+        return False, ref["shown"], cand["shown"], (
             f"{check} of {case}: the trajectories part {at}: reference {r}, candidate {n} (tolerance "
             f"{old['tolerance']:g} relative, set from measurement){cause}")
     # TENSOR
     if old["shape"] != new["shape"]:
-        return FAIL, f"shape {tuple(old['shape'])}", f"shape {tuple(new['shape'])}", (
+        return False, f"shape {tuple(old['shape'])}", f"shape {tuple(new['shape'])}", (
             f"{check} of {case}: shape {tuple(old['shape'])} in the reference, {tuple(new['shape'])} in the candidate")
     a, b = decode(old["float32_base64"], old["shape"]), decode(new["float32_base64"], new["shape"])
     spread = float(a.std()) or 1.0
@@ -197,6 +196,6 @@ def judge(check: str, case: str, ref: dict, cand: dict, tolerance: float) -> tup
     shown_ref, shown_cand = f"shape {tuple(old['shape'])}, std {spread:.4g}", (
         "identical" if diff == 0 else f"max |Δ| {diff:.4g} ({diff / spread:.2%} of std)")
     if diff > tolerance * spread:
-        return FAIL, shown_ref, shown_cand, (f"{check} of {case}: max |Δ| {diff:.4g} is {diff / spread:.1%} of the "
+        return False, shown_ref, shown_cand, (f"{check} of {case}: max |Δ| {diff:.4g} is {diff / spread:.1%} of the "
                                              f"reference's standard deviation {spread:.4g} (tolerance {tolerance:.1%})")
-    return PASS, shown_ref, shown_cand, ""
+    return True, shown_ref, shown_cand, ""

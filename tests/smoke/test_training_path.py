@@ -23,7 +23,8 @@ NO_GENERATION_PROMPT = CHAT_TEMPLATE.replace("{% if add_generation_prompt %}<|im
 
 
 def _judge(ref, cand, tolerance=0.05):
-    return trainpath.judge(ref["check"], "case", ref, cand, tolerance)
+    kept, shown_ref, shown_cand, message = trainpath.judge(ref["check"], "case", ref, cand, tolerance)
+    return PASS if kept else FAIL, shown_ref, shown_cand, message
 
 
 def test_the_supervised_example_labels_exactly_the_reply(generator):
@@ -150,3 +151,11 @@ def test_trl_sft_trainer_data_path_labels_the_completion_only(cache_dir):
     assert "'a red circle'" in labels["shown"] and "image_grid_thw" in labels["value"]["keys"]
     step = facts["TRL SFTTrainer step loss"]
     assert step["kind"] == "series" or step["shown"].startswith("skipped: TRL ")
+
+
+def test_the_gate_accepts_a_trl_spec_like_the_others():
+    from harness.gate import envs
+
+    assert envs.parse_side(["trl==1.15.0", "transformers==5.17.0"], "candidate") == (None, ["trl==1.15.0", "transformers==5.17.0"])
+    with pytest.raises(HarnessError, match="names no version"):
+        envs.parse_side(["trl"], "candidate")
