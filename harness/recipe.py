@@ -21,15 +21,7 @@ STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
 WEIGHTS = ("4bit", "16bit")
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
-OPTIMIZERS = ("adamw_torch", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")  # harness.checks.train
-RECIPES_DIR = data_path("recipes")  # shipped in the wheel (harness/data/recipes)
-# Bounds beyond which a value is a typo, not a setting: the largest hidden size of a supported model is 8192,
-# the longest context 128k tokens; a GPU budget below 1 GiB holds no model.
-MAX_RANK = 8192
-MAX_SEQ_LEN = 131_072
-MAX_BATCH_SIZE = 65_536
-MAX_IMAGE_SIZE = 16_384
-MIN_GPU_BUDGET = "1GiB"
+TRAINERS = ("harness", "trl")  # who runs the user's training loop: the harness's own, or TRL's SFTTrainer
 
 
 @dataclass(frozen=True)
@@ -63,6 +55,8 @@ class Training:
     learning_rate: float = 2e-4
     prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
     gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
+    trainer: str = "harness"  # "trl": the user trains with TRL's SFTTrainer, configured by sft_config
+    sft_config: dict | None = None  # TRL SFTConfig keyword arguments, as the user writes them
 
 
 @dataclass(frozen=True)
@@ -282,6 +276,10 @@ def validate(recipe: Recipe) -> None:
     if not lora.target_roles:
         raise HarnessError(f"{where}: lora.target_roles is empty, so nothing would be adapted; name roles of family "
                            f"{family.name}: {', '.join(roles)}")
+    _choice(t.trainer, TRAINERS, "training.trainer", where)
+    if t.sft_config is not None and (t.trainer != "trl" or not isinstance(t.sft_config, dict)):
+        raise HarnessError(f"{where}: training.sft_config holds TRL SFTConfig arguments: expected a mapping with "
+                           f"training.trainer: trl, found {type(t.sft_config).__name__} with trainer {t.trainer!r}")
     if t.gpu_budget is not None:
         from harness.util.units import parse_bytes
 

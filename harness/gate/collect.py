@@ -57,16 +57,30 @@ def plan_cases(recipe_paths: list[str], size: str, checkpoints: dict[str, str]) 
 
 
 def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: dict[str, str], device: str,
-            memory_skip: str | None, prepare: bool = False) -> dict:
+            memory_skip: str | None, prepare: bool = False, artifacts: Path | None = None,
+            load_artifacts: Path | None = None, saved_by: str = "other side", tolerance: float = 0.05) -> dict:
     """Return the facts of every case; a case that raises is recorded with its error, and the others still run.
 
     prepare=True only builds (or finds) each case's checkpoint and records its folder, for the other side to load.
+    artifacts: save each case's adapter, merged and 4-bit checkpoints there (phase one of carrying them);
+    load_artifacts: instead of the checks, load the artifacts the other side saved there (phase two).
     """
     import time
 
     from harness.model import pipeline
 
     from .facts import case_facts
+
+    def facts_of(key, c):  # the harness's checks, then the training path and the artifacts (gate.trainpath, .artifacts)
+        from . import artifacts as carry
+        from . import trainpath
+
+        if load_artifacts is not None:  # only generating families train and save artifacts
+            return [] if not c.family.generates else carry.load_facts(c, carry.case_folder(load_artifacts, key), saved_by, cache_dir, device, tolerance)
+        save = None if artifacts is None else (
+            lambda h: carry.save(c, h, carry.case_folder(artifacts, key), cache_dir, device, result["versions"]))
+        return (case_facts(c, cache_dir, device, memory_skip) + trainpath.case_facts(c, cache_dir, device, save)
+                + carry.fixture_facts(c, cache_dir, device))
 
     result = {**describe(), "device": device, "size": size, "cases": {}}
     if memory_skip is None and not result["cuda"]:
@@ -76,7 +90,7 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
         start = time.perf_counter()
         try:
             entry["checkpoint"] = str(pipeline.checkpoint_of(c, cache_dir, device))
-            entry["facts"] = [] if prepare else case_facts(c, cache_dir, device, memory_skip)
+            entry["facts"] = [] if prepare else facts_of(key, c)
         except Exception as e:  # noqa: BLE001 - a broken case is a fact about this environment, not a crash
             entry["error"] = error_line(e)
             entry["facts"] = []
@@ -137,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-memory", default=None, metavar="REASON", help="do not profile GPU memory, and say why")
     p.add_argument("--prepare", action="store_true", help="only build the checkpoints and record their folders")
+    p.add_argument("--artifacts", default=None, metavar="DIR", help="save each case's adapter, merged and 4-bit "
+                   "checkpoints under DIR for the other side to load")
+    p.add_argument("--load-artifacts", default=None, metavar="DIR", help="load the artifacts the other side saved "
+                   "under DIR instead of running the checks")
+    p.add_argument("--saved-by", default="other side", help="who saved the artifacts loaded (for the messages)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="outputs of loaded artifacts: max |Δ| as a share of std")
     args = p.parse_args(argv)
     try:
         if args.describe:
@@ -146,7 +166,8 @@ def main(argv: list[str] | None = None) -> int:
 
         cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
         facts = collect(args.recipe, args.size, cache_dir, dict(args.checkpoint), args.device, args.skip_memory,
-                        args.prepare)
+                        args.prepare, Path(args.artifacts) if args.artifacts else None,
+                        Path(args.load_artifacts) if args.load_artifacts else None, args.saved_by, args.tolerance)
         write_json(Path(args.out), facts)
     except HarnessError as e:
         print(f"harness.gate.collect: error: {e}", file=sys.stderr)

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from harness.util.errors import HarnessError
 
+from . import trainpath
 from .facts import CHECK, FIGURE, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, decode
 
 PASS, CHANGED, FAIL, SKIP = "pass", "changed", "fail", "skipped"
@@ -80,6 +81,9 @@ def compare_fact(key: str, ref: dict, cand: dict, tolerance: float = DEFAULT_TOL
     row = Row(key, check, PASS, ref["shown"], cand["shown"])
     if SKIPPED in (ref["kind"], cand["kind"]):
         row.status, row.message = SKIP, "; ".join(dict.fromkeys(f["shown"] for f in (ref, cand) if f["kind"] == SKIPPED))
+    elif ref["kind"] in trainpath.KINDS:  # the training path's sequences, loss series and tensors
+        kept, row.reference, row.candidate, row.message = trainpath.judge(check, key, ref, cand, tolerance)
+        row.status = PASS if kept else FAIL
     elif ref["kind"] == CHECK:
         _judge_check(row, ref, cand)
     elif ref["kind"] == LOGITS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "unsloth")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "unsloth")
 
 
 def library_versions() -> dict[str, str | None]:
