@@ -48,15 +48,20 @@ def _run(args) -> int:
     import os
     from pathlib import Path
 
+    from harness.model.preflight import load_checked
     from harness.model.synth import default_cache_dir
     from harness.tasks import experiments
     from harness.tasks.run import run_experiment
     from harness.util import env
+    from harness.util.atomic import check_folder
 
-    exp = experiments.for_recipe(args.recipe)
+    recipe = load_checked(args.recipe)  # the file given, not recipes/<its name>
+    exp = experiments.for_recipe(args.recipe, recipe)
     size = args.size or ("full" if env.has_cuda() else "tiny")
     cache = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir(os.environ)
-    path = run_experiment(exp, size, Path(args.out), cache, model_sizes=args.model_size)
+    check_folder(cache, "cache folder")
+    out = check_folder(Path(args.out), "--out")
+    path = run_experiment(exp, size, out, cache, model_sizes=args.model_size, recipe_path=Path(args.recipe))
     records = json.loads(path.read_text())["records"]
     failed = [r["case"] for r in records if r["status"] == "error"]
     print(f"{path}: {len(records)} arms, {len(failed)} failed{': ' + ', '.join(failed) if failed else ''}")
@@ -91,9 +96,15 @@ def main(argv: list[str] | None = None) -> int:
                                     "exit 1 on a regression")
     gate.add_arguments(p)
     p.set_defaults(run=gate.run)
-    p = sub.add_parser("run", help="run a seed experiment's recipe (recipes/seed-*.yaml): tiny on CPU, full size "
+    from harness.gate import check
+
+    p = sub.add_parser("check", help="the harness's checks on a recipe in this interpreter, without pytest; exit 1 "
+                                     "when one fails")
+    check.add_arguments(p)
+    p.set_defaults(run=check.run)
+    p = sub.add_parser("run", help="run a seed experiment's recipe (harness/data/recipes/seed-*.yaml): tiny on CPU, full size "
                                    "on a GPU; saves a results JSON")
-    p.add_argument("recipe", help="a seed recipe, e.g. recipes/seed-clip-static-dynamic.yaml")
+    p.add_argument("recipe", help="a seed recipe, e.g. harness/data/recipes/seed-clip-static-dynamic.yaml")
     p.add_argument("--size", choices=("tiny", "full"), default=None,
                    help="model sizes to run (default: full with a CUDA GPU, tiny without)")
     p.add_argument("--out", default="results/seed", help="folder for the results JSON (default: results/seed)")
@@ -101,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-size", action="append", default=None,
                    help="run only this model size of the experiment (repeatable), e.g. --model-size 7b")
     p.set_defaults(run=_run)
+    from harness.measure import fit
+
+    p = sub.add_parser("fit", help="will a recipe's training step fit a GPU? the peak by part and batch size, from "
+                                   "the config alone (meta device, nothing loaded); exit 1 when nothing fits")
+    fit.add_arguments(p)
+    p.set_defaults(run=fit.run)
     p = sub.add_parser("report", help="turn saved results into report.md with PNG plots")
     p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
     p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")
@@ -110,6 +127,13 @@ def main(argv: list[str] | None = None) -> int:
         return args.run(args)
     except HarnessError as e:
         print(f"qlora-harness: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C: every write is atomic, so what is on disk is whole; say so in one line
+        print(f"qlora-harness: interrupted: {args.command} stopped; files it had finished are kept, none is "
+              "half-written", file=sys.stderr)
+        return 130
+    except OSError as e:  # the machine, not the harness: a full disk, a permission, a file that vanished
+        print(f"qlora-harness: error: {e.strerror or e}{f': {e.filename}' if e.filename else ''}", file=sys.stderr)
         return 2
 
 

@@ -87,19 +87,19 @@ def check_inputs(recipe_path: str | None, checkpoint: str | None) -> list[str]:
     """Return a line per input that checks out; raise HarnessError naming what is wrong with one."""
     from harness.families import get_family
     from harness.model import load
-    from harness.recipe import load_recipe
+    from harness.model.preflight import load_checked
 
     lines, recipe = [], None
     if recipe_path:
-        recipe = load_recipe(recipe_path)
+        recipe = load_checked(recipe_path)  # as data, and its LoRA targets against the family's modules
         lines.append(f"recipe        {recipe_path}: valid ({recipe.name}, family {recipe.family})")
     if checkpoint:
         folder = load.resolve_checkpoint(checkpoint)
         family = get_family(recipe.family) if recipe else load.detect_family(folder)
-        load.read_config(folder, family)  # the architecture must be the family's
-        if not (recipe and recipe.allow_pickle):
-            load.check_safetensors(folder)
-        lines.append(f"checkpoint    {folder}: a {family.name} checkpoint ({family.model_class})")
+        config = load.read_config(folder, family)  # the architecture must be the family's
+        checked = load.check_checkpoint(folder, family, config, allow_pickle=bool(recipe and recipe.allow_pickle))
+        lines.append(f"checkpoint    {folder}: a {family.name} checkpoint ({family.model_class}), "
+                     f"{checked} tensors of the config's shapes")
     return lines
 
 

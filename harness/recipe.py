@@ -2,14 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from harness.families import ROLE_ORDER, get_family
-from harness.util.errors import HarnessError, did_you_mean
+from harness.util.errors import HarnessError, did_you_mean, shorten
+from harness.util.resources import data_path
+from harness.util.yaml_load import load_yaml_file
 
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("bfloat16", "float16", "float32")
@@ -17,7 +21,7 @@ STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
 WEIGHTS = ("4bit", "16bit")
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+TRAINERS = ("harness", "trl")  # who runs the user's training loop: the harness's own, or TRL's SFTTrainer
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,8 @@ class Training:
     learning_rate: float = 2e-4
     prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
     gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
+    trainer: str = "harness"  # "trl": the user trains with TRL's SFTTrainer, configured by sft_config
+    sft_config: dict | None = None  # TRL SFTConfig keyword arguments, as the user writes them
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,25 @@ class Recipe:
     source: str = ""  # the file it came from
 
     def test_id(self, size: str) -> str:
-        """Return a readable id such as 'qwen2.5-vl-tiny-nf4-dq-r64'."""
+        """Return a readable id such as 'qwen2.5-vl-tiny-nf4-dq-r64'; a recipe not shipped in recipes/ adds its name.
+
+        The shipped recipes keep the short id their baselines are stored under; any other recipe file is told
+        apart from them by its name, e.g. 'qwen2.5-vl-tiny-nf4-dq-r64-mine'.
+        """
         q = self.quantization
         quant = f"{q.quant_type}{'-dq' if q.double_quant else ''}" if q.load_in_4bit else "bf16"
-        return f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}"
+        base = f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}"
+        return base if self.shipped else f"{base}-{slug(self.name)}"
+
+    @property
+    def shipped(self) -> bool:
+        """Return whether the recipe came from this checkout's recipes/ folder (or from no file)."""
+        return not self.source or Path(self.source).resolve().parent == RECIPES_DIR
+
+    def fingerprint(self) -> str:
+        """Return a short hash of everything the recipe says (not where it came from): equal recipes, equal hashes."""
+        data = dataclasses.asdict(dataclasses.replace(self, source=""))
+        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
     def replace(self, **sections: dict[str, Any]) -> "Recipe":
         """Return a copy with fields of the named sections replaced, e.g. replace(lora={'r': 8})."""
@@ -84,9 +105,19 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
+def slug(text: str) -> str:
+    """Return text as an id part: letters, digits, dots and dashes."""
+    import re
+
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")[:60] or "recipe"
+
+
+# ---- validation: what a recipe file may say (types, names, bounds), checked before anything loads ----------------
+
 # What each annotated field type accepts from YAML, and how an error names it.
 ACCEPTED = {"bool": ((bool,), "true or false"), "int": ((int,), "an integer"), "float": ((int, float), "a number"),
-            "str": ((str,), "a string"), "tuple[str, ...]": ((tuple,), "a list of names")}
+            "str": ((str,), "a string"), "tuple[str, ...]": ((tuple,), "a list of names"),
+            "str | None": ((str, type(None)), "a string")}
 
 
 def _check_types(cls, values: dict, source: str, section: str = "") -> None:
@@ -99,7 +130,8 @@ def _check_types(cls, values: dict, source: str, section: str = "") -> None:
             ok = all(isinstance(v, str) for v in value)
         if not ok:
             shown = list(value) if isinstance(value, tuple) else value  # as the YAML wrote it
-            raise HarnessError(f"{source}: {section}{f.name} must be {what}, found {shown!r}{_yaml_hint(value, types)}")
+            raise HarnessError(f"{source}: {section}{f.name} must be {what}, found {shorten(shown)!r}"
+                               f"{_yaml_hint(value, types)}")
 
 
 def _yaml_hint(value, types) -> str:
@@ -112,17 +144,42 @@ def _yaml_hint(value, types) -> str:
     return f" (YAML reads {value} as text: write it with a dot and a sign, e.g. 2.0e-4)"
 
 
-def _section(cls, data: Any, source: str, section: str):
+def _section(cls, data: Any, source: str, section: str, defaults: dict | None = None):
     where = f"{source}: {section}"
     if not isinstance(data, dict):
         raise HarnessError(f"{where}: expected a mapping, found {type(data).__name__}")
     known = {f.name for f in fields(cls)}
     for key in data:
         if key not in known:
-            raise HarnessError(f"{where}: unknown key {key!r}{did_you_mean(str(key), known)}; known keys: {', '.join(sorted(known))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+            raise HarnessError(f"{where}: unknown key {shorten(key)!r}{did_you_mean(str(key), known)}; "
+                               f"known keys: {', '.join(sorted(known))}")
+    required = [f.name for f in fields(cls) if f.default is dataclasses.MISSING
+                and f.default_factory is dataclasses.MISSING and f.name not in data]
+    if required:
+        raise HarnessError(f"{where}: missing {', '.join(required)}; write e.g. {{weights: 4bit, train: frozen}}")
+    values = {**(defaults or {}), **{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}}
     _check_types(cls, values, source, section + ".")
     return cls(**values)
+
+
+# Section keys whose defaults depend on the family's modules (CLIP has no head and names its output out_proj):
+# a recipe that leaves them out takes them from the family's default recipe in recipes/.
+FAMILY_KEYS = {"quantization": ("keep_16bit",), "lora": ("target_roles", "target_modules")}
+
+
+def family_defaults(family) -> dict[str, dict]:
+    """Return the section defaults of a family: the FAMILY_KEYS values of its default recipe file."""
+    if not family.default_recipe:
+        return {}
+    data = _default_data(family.default_recipe)
+    return {section: {k: tuple(data[section][k]) for k in keys if k in (data.get(section) or {})}
+            for section, keys in FAMILY_KEYS.items()}
+
+
+@functools.lru_cache(maxsize=None)
+def _default_data(file_name: str) -> dict:
+    data = load_yaml_file(RECIPES_DIR / file_name)
+    return data if isinstance(data, dict) else {}
 
 
 def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
@@ -132,14 +189,20 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     known = {f.name for f in fields(Recipe)} - {"source"}
     for key in data:
         if key not in known:
-            raise HarnessError(f"{source}: unknown key {key!r}{did_you_mean(str(key), known)}; known keys: {', '.join(sorted(known))}")
+            raise HarnessError(f"{source}: unknown key {shorten(key)!r}{did_you_mean(str(key), known)}; "
+                               f"known keys: {', '.join(sorted(known))}")
     for key in ("name", "family"):
         if key not in data:
             raise HarnessError(f"{source}: missing required key {key!r}")
+    name = data["name"]
+    if not isinstance(name, (str, int, float)) or isinstance(name, bool) or not str(name).strip():
+        raise HarnessError(f"{source}: name must be a non-empty text such as my-qlora, found {shorten(name)!r}")
+    if len(str(name)) > 100 or "\n" in str(name):
+        raise HarnessError(f"{source}: name must be one line of at most 100 characters, found {shorten(name)!r}")
     if not isinstance(data["family"], str):
-        raise HarnessError(f"{source}: family must be a family name such as qwen2.5-vl, found {data['family']!r}")
+        raise HarnessError(f"{source}: family must be a family name such as qwen2.5-vl, found {shorten(data['family'])!r}")
     try:
-        get_family(data["family"])
+        family = get_family(data["family"])
     except HarnessError as e:
         raise HarnessError(f"{source}: {e}") from None
     scalars = {k: data[k] for k in ("backend", "trust_remote_code", "allow_pickle") if k in data}
@@ -147,13 +210,18 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     expect_data = data.get("expect") or {}
     if not isinstance(expect_data, dict):
         raise HarnessError(f"{source}: expect: expected a mapping of role to {{weights, train}}, found {type(expect_data).__name__}")
+    for role in expect_data:
+        if not isinstance(role, str):
+            raise HarnessError(f"{source}: expect: a role is a name such as vision_tower, found {shorten(role)!r}")
     expect = {role: _section(Expectation, exp, source, f"expect.{role}") for role, exp in expect_data.items()}
+    defaults = family_defaults(family)
     recipe = Recipe(
-        name=str(data["name"]),
+        name=str(name),
         family=data["family"],
-        quantization=_section(Quantization, data.get("quantization", {}), source, "quantization"),
-        lora=_section(Lora, data.get("lora", {}), source, "lora"),
-        training=_section(Training, data.get("training", {}), source, "training"),
+        quantization=_section(Quantization, _or_empty(data, "quantization"), source, "quantization",
+                              defaults.get("quantization")),
+        lora=_section(Lora, _or_empty(data, "lora"), source, "lora", defaults.get("lora")),
+        training=_section(Training, _or_empty(data, "training"), source, "training"),
         expect=expect,
         source=source,
         **scalars,
@@ -162,9 +230,23 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     return recipe
 
 
+def _or_empty(data: dict, key: str):
+    return {} if data.get(key, {}) is None else data.get(key, {})  # `lora:` with nothing under it: the defaults
+
+
 def _choice(value, allowed, what: str, where: str) -> None:
     if value not in allowed:
-        raise HarnessError(f"{where}: {what} must be one of {', '.join(allowed)}, found {value!r}{did_you_mean(str(value), allowed)}")
+        raise HarnessError(f"{where}: {what} must be one of {', '.join(allowed)}, found {shorten(value)!r}"
+                           f"{did_you_mean(str(value), allowed)}")
+
+
+def _number(value, what: str, where: str, low: float, high: float, low_open: bool = False) -> None:
+    """Raise unless value is a finite number in [low, high] ((low, high] with low_open)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if low_open else value >= low) and value <= high
+    if not ok:
+        bound = f"{'above' if low_open else 'at least'} {low:g} and at most {high:g}"
+        raise HarnessError(f"{where}: {what} must be a finite number {bound}, found {shorten(value)!r}")
 
 
 def validate(recipe: Recipe) -> None:
@@ -178,19 +260,42 @@ def validate(recipe: Recipe) -> None:
     _choice(q.compute_dtype, DTYPES, "quantization.compute_dtype", where)
     _choice(q.quant_storage, STORAGE_DTYPES, "quantization.quant_storage", where)
     if not isinstance(lora.r, int) or isinstance(lora.r, bool) or lora.r <= 0:
-        raise HarnessError(f"{where}: lora.r must be a positive integer, found {lora.r!r}")
-    if not isinstance(lora.alpha, (int, float)) or lora.alpha <= 0:
-        raise HarnessError(f"{where}: lora.alpha must be positive, found {lora.alpha!r}")
+        raise HarnessError(f"{where}: lora.r must be a positive integer, found {shorten(lora.r)!r}")
+    if lora.r > MAX_RANK:
+        raise HarnessError(f"{where}: lora.r is {lora.r}, above {MAX_RANK}, the largest hidden size of a supported "
+                           "model; LoRA ranks are typically 4 to 256")
+    if not isinstance(lora.alpha, (int, float)) or isinstance(lora.alpha, bool) or lora.alpha <= 0:
+        raise HarnessError(f"{where}: lora.alpha must be positive, found {shorten(lora.alpha)!r}")
+    _number(lora.alpha, "lora.alpha", where, 0, 1e6, low_open=True)
     if not 0 <= lora.dropout < 1:
         raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
+    _number(t.learning_rate, "training.learning_rate", where, 0, 1.0, low_open=True)
+    _choice(t.optimizer, OPTIMIZERS, "training.optimizer", where)
     if not lora.target_modules:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
+    if not lora.target_roles:
+        raise HarnessError(f"{where}: lora.target_roles is empty, so nothing would be adapted; name roles of family "
+                           f"{family.name}: {', '.join(roles)}")
+    _choice(t.trainer, TRAINERS, "training.trainer", where)
+    if t.sft_config is not None and (t.trainer != "trl" or not isinstance(t.sft_config, dict)):
+        raise HarnessError(f"{where}: training.sft_config holds TRL SFTConfig arguments: expected a mapping with "
+                           f"training.trainer: trl, found {type(t.sft_config).__name__} with trainer {t.trainer!r}")
     if t.gpu_budget is not None:
         from harness.util.units import parse_bytes
 
-        parse_bytes(t.gpu_budget)
-    if t.batch_size < 1 or t.seq_len < 1 or t.image_size < 1:
-        raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
+        try:
+            budget = parse_bytes(t.gpu_budget)
+        except HarnessError as e:
+            raise HarnessError(f"{where}: training.gpu_budget: {e}") from None
+        if budget < parse_bytes(MIN_GPU_BUDGET) or not any(c.isalpha() for c in t.gpu_budget):
+            raise HarnessError(f"{where}: training.gpu_budget {shorten(t.gpu_budget)!r} is {budget:,} bytes; give a card's "
+                               f"memory with its unit, at least {MIN_GPU_BUDGET}, e.g. 16GiB")
+    for what, value, high in (("batch_size", t.batch_size, MAX_BATCH_SIZE), ("seq_len", t.seq_len, MAX_SEQ_LEN),
+                              ("image_size", t.image_size, MAX_IMAGE_SIZE)):
+        if value < 1:
+            raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
+        if value > high:
+            raise HarnessError(f"{where}: training.{what} is {value:,}, above {high:,}; no supported model takes that")
     for what, names in (("quantization.keep_16bit", q.keep_16bit), ("lora.target_roles", lora.target_roles),
                         ("expect", tuple(recipe.expect))):
         for role in names:
@@ -208,18 +313,14 @@ def validate(recipe: Recipe) -> None:
             raise HarnessError(f"{where}: expect.{role}.train is frozen, but lora.target_roles lists {role}")
 
 
+# ---- files --------------------------------------------------------------------------------------------------------
+
 def load_recipe(path: str | Path) -> Recipe:
-    """Return the recipe in a YAML file; raise HarnessError if it is missing or malformed."""
-    path = Path(path)
-    if not path.is_file():
-        raise HarnessError(f"recipe file {path} does not exist; give the path of a YAML recipe (see recipes/ for examples)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise HarnessError(f"{path}: not valid YAML: {e}") from None
+    """Return the recipe in a YAML file; raise HarnessError if it is missing, unreadable or malformed."""
+    data = load_yaml_file(path, "recipe file", "a YAML recipe (see harness/data/recipes/ for examples)")
     return parse_recipe(data, source=str(path))
 
 
 def default_recipe(family_name: str) -> Recipe:
-    """Return the default recipe of a family, from recipes/."""
+    """Return the default recipe of a family, from the shipped recipes (harness/data/recipes)."""
     return load_recipe(RECIPES_DIR / get_family(family_name).default_recipe)

@@ -26,9 +26,10 @@ def make_optimizer(model, recipe):
         cls = {"paged_adamw_32bit": bnb.optim.PagedAdamW32bit, "paged_adamw_8bit": bnb.optim.PagedAdamW8bit,
                "adamw_8bit": bnb.optim.AdamW8bit}[name]
         return cls(params, lr=lr)
+    from harness.recipe import OPTIMIZERS
     from harness.util.errors import unknown
 
-    raise unknown("optimizer", name, ["adamw_torch", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit"])
+    raise unknown("optimizer", name, OPTIMIZERS)
 
 
 def train_step(model, batch, optimizer, training: bool = True) -> float:

@@ -57,16 +57,30 @@ def plan_cases(recipe_paths: list[str], size: str, checkpoints: dict[str, str]) 
 
 
 def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: dict[str, str], device: str,
-            memory_skip: str | None, prepare: bool = False) -> dict:
+            memory_skip: str | None, prepare: bool = False, artifacts: Path | None = None,
+            load_artifacts: Path | None = None, saved_by: str = "other side", tolerance: float = 0.05) -> dict:
     """Return the facts of every case; a case that raises is recorded with its error, and the others still run.
 
     prepare=True only builds (or finds) each case's checkpoint and records its folder, for the other side to load.
+    artifacts: save each case's adapter, merged and 4-bit checkpoints there (phase one of carrying them);
+    load_artifacts: instead of the checks, load the artifacts the other side saved there (phase two).
     """
     import time
 
     from harness.model import pipeline
 
     from .facts import SKIPPED, case_facts, fact
+
+    def facts_of(key, c):  # the harness's checks, then the training path and the artifacts (gate.trainpath, .artifacts)
+        from . import artifacts as carry
+        from . import trainpath
+
+        if load_artifacts is not None:  # only generating families train and save artifacts
+            return [] if not c.family.generates else carry.load_facts(c, carry.case_folder(load_artifacts, key), saved_by, cache_dir, device, tolerance)
+        save = None if artifacts is None else (
+            lambda h: carry.save(c, h, carry.case_folder(artifacts, key), cache_dir, device, result["versions"]))
+        return (case_facts(c, cache_dir, device, memory_skip) + trainpath.case_facts(c, cache_dir, device, save)
+                + carry.fixture_facts(c, cache_dir, device))
 
     result = {**describe(), "device": device, "size": size, "cases": {}}
     if memory_skip is None and not result["cuda"]:
@@ -82,16 +96,42 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
             continue
         try:
             entry["checkpoint"] = str(pipeline.checkpoint_of(c, cache_dir, device))
-            entry["facts"] = [] if prepare else case_facts(c, cache_dir, device, memory_skip)
+            entry["facts"] = [] if prepare else facts_of(key, c)
         except Exception as e:  # noqa: BLE001 - a broken case is a fact about this environment, not a crash
-            where = traceback.extract_tb(e.__traceback__)[-1]
-            entry["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} " \
-                             f"(at {Path(where.filename).name}:{where.lineno})"
+            entry["error"] = error_line(e)
             entry["facts"] = []
             traceback.print_exc()
         entry["seconds"] = round(time.perf_counter() - start, 2)
         result["cases"][key] = entry
     return result
+
+
+ERROR_CHARS = 600  # of an exception's message kept in the facts: whole sentences, one line
+
+
+def missing_library(e: BaseException) -> str | None:
+    """Return the library an ImportError says is missing (ModuleNotFoundError's name, transformers' "requires the X
+    library"), or None."""
+    import re
+
+    if isinstance(e, ModuleNotFoundError) and e.name:
+        return e.name.split(".")[0]
+    found = re.search(r"requires the (\S+) library", str(e))
+    return found.group(1).lower() if found else None
+
+
+def error_line(e: BaseException) -> str:
+    """Return an exception as one line: its type, its whole message (lines joined, cut at a sentence), the library an
+    import lacks, and where it was raised."""
+    where = traceback.extract_tb(e.__traceback__)[-1] if e.__traceback__ else None
+    message = " ".join(str(e).split())
+    if len(message) > ERROR_CHARS:
+        cut = message[:ERROR_CHARS]
+        message = (cut[: cut.rfind(". ") + 1] if ". " in cut else cut) + " [...]"
+    library = missing_library(e) if isinstance(e, ImportError) else None
+    needs = f"needs the {library} library, not installed in this environment: " if library else ""
+    place = f" (at {Path(where.filename).name}:{where.lineno})" if where else ""
+    return f"{type(e).__name__}: {needs}{message}{place}"
 
 
 def _checkpoint_arg(text: str) -> tuple[str, str]:
@@ -117,6 +157,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--skip-memory", default=None, metavar="REASON", help="do not profile GPU memory, and say why")
     p.add_argument("--prepare", action="store_true", help="only build the checkpoints and record their folders")
+    p.add_argument("--artifacts", default=None, metavar="DIR", help="save each case's adapter, merged and 4-bit "
+                   "checkpoints under DIR for the other side to load")
+    p.add_argument("--load-artifacts", default=None, metavar="DIR", help="load the artifacts the other side saved "
+                   "under DIR instead of running the checks")
+    p.add_argument("--saved-by", default="other side", help="who saved the artifacts loaded (for the messages)")
+    p.add_argument("--tolerance", type=float, default=0.05, help="outputs of loaded artifacts: max |Δ| as a share of std")
     args = p.parse_args(argv)
     try:
         if args.describe:
@@ -126,11 +172,15 @@ def main(argv: list[str] | None = None) -> int:
 
         cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
         facts = collect(args.recipe, args.size, cache_dir, dict(args.checkpoint), args.device, args.skip_memory,
-                        args.prepare)
+                        args.prepare, Path(args.artifacts) if args.artifacts else None,
+                        Path(args.load_artifacts) if args.load_artifacts else None, args.saved_by, args.tolerance)
+        write_json(Path(args.out), facts)
     except HarnessError as e:
         print(f"harness.gate.collect: error: {e}", file=sys.stderr)
         return 2
-    write_json(Path(args.out), facts)
+    except KeyboardInterrupt:  # the gate stops its collectors on Ctrl-C: one line in the log, no traceback
+        print("harness.gate.collect: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.util.errors import HarnessError
 
-from . import compare, envs, verdict
+from . import artifacts, compare, envs, verdict
 
 DEFAULT_OUT = "gate-verdict"
 
@@ -25,6 +25,9 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where verdict.md and verdict.json go (default: {DEFAULT_OUT})")
     p.add_argument("--tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
                    help="logits: allowed max |Δ| as a share of the reference logits' standard deviation (default: 0.05)")
+    p.add_argument("--no-carry", dest="carry", action="store_false",
+                   help="do not save adapters and checkpoints for the other side to load (they take disk: a merged "
+                        "7B checkpoint is 15 GiB per side at full size)")
     p.add_argument("--cache-dir", default=None, help="synthetic checkpoints and built venvs (default: $QLORA_HARNESS_CACHE "
                                                      "or ~/.cache/qlora-harness)")
 
@@ -38,7 +41,10 @@ class _CollectorFailed(Exception):
 def _validate(args) -> list[str]:
     """Return the recipe files to gate, checked here so bad input stops before any environment is built."""
     from harness.families import FAMILIES, check_size, get_family
-    from harness.recipe import RECIPES_DIR, load_recipe
+    from harness.model.preflight import load_checked
+    from harness.recipe import RECIPES_DIR
+    from harness.util import env
+    from harness.util.atomic import check_folder
 
     if not 0 < args.tolerance < 1:
         raise HarnessError(f"--tolerance {args.tolerance}: expected a share of the logits' spread between 0 and 1, e.g. 0.05")
@@ -47,7 +53,14 @@ def _validate(args) -> list[str]:
                            "this interpreter), e.g. --reference transformers==4.57.1")
     paths = [str(Path(p).absolute()) for p in args.recipe] or [str(RECIPES_DIR / get_family(n).default_recipe) for n in FAMILIES]
     for path in paths:
-        check_size(get_family(load_recipe(path).family), args.size)
+        family = get_family(load_checked(path).family)
+        check_size(family, args.size)
+        if args.size != "tiny" and not env.has_cuda():
+            raise HarnessError(f"--size {args.size} builds full-size {family.name} checkpoints and needs a CUDA GPU, "
+                               "found none; run the gate at --size tiny on CPU")
+    check_folder(Path(args.out), "--out")
+    if args.cache_dir:
+        check_folder(Path(args.cache_dir), "--cache-dir")
     return paths
 
 
@@ -86,6 +99,16 @@ def _collect(step: str, sides: dict[str, envs.Environment], args: list[str], out
     return results
 
 
+def _artifact_folders(out: Path, sides) -> dict[str, Path]:
+    """Return each side's artifacts folder under out, emptied: a manifest left from an earlier run must not load."""
+    import shutil
+
+    folders = {name: out / "artifacts" / name for name in sides}
+    for folder in folders.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    return folders
+
+
 def checkpoint_builder(ref: dict, cand: dict) -> tuple[str, str]:
     """Return which side builds the shared checkpoints, and why: the older transformers (newer ones load its files)."""
     from packaging.version import Version
@@ -112,6 +135,9 @@ def run(args) -> int:
 
     recipes = _validate(args)
     cache_dir = Path(args.cache_dir).expanduser() if args.cache_dir else default_cache_dir()
+    from harness.util.atomic import check_folder
+
+    check_folder(cache_dir, "cache folder (--cache-dir or $QLORA_HARNESS_CACHE)")
     sides = {"reference": _environment(args.reference, "reference", cache_dir),
              "candidate": _environment(args.candidate, "candidate", cache_dir)}
     out = Path(args.out)
@@ -130,9 +156,23 @@ def run(args) -> int:
             prepared = _collect("prepare", {builder: sides[builder]}, common + ["--prepare"], out, pythonpath)[builder]
             shared = dict.fromkeys(f"{e['family']}={e['checkpoint']}" for e in prepared["cases"].values() if e.get("checkpoint"))
             # On CPU nothing is timed, so both sides run at once; GPU memory and times need the machine to themselves.
-            facts = _collect("collect", sides, common + [a for pair in shared for a in ("--checkpoint", pair)], out, pythonpath,
-                             parallel=memory_skip is not None)
+            common += [a for pair in shared for a in ("--checkpoint", pair)]
+            carry = getattr(args, "carry", True)
+            saves = _artifact_folders(out.absolute(), sides) if carry else {}
+            facts = _collect("collect", sides, common, out, pythonpath, parallel=memory_skip is not None,
+                             extra={n: ["--artifacts", str(f)] for n, f in saves.items()})
             rows = compare.compare(facts["reference"], facts["candidate"], args.tolerance)
+            same = compare.same_errors(facts["reference"], facts["candidate"])
+            if same:  # not a regression: the input is wrong for both
+                key, error = next(iter(same.items()))
+                raise HarnessError(f"case {key} raises the same error in both environments, so it is the input, not "
+                                   f"the candidate: {error}; fix the recipe or checkpoint (logs in {out / 'logs'})")
+            if carry:  # phase two: each side loads what the other saved
+                other = {"reference": "candidate", "candidate": "reference"}
+                loads = _collect("carry", sides, common + ["--tolerance", str(args.tolerance)], out, pythonpath,
+                                 parallel=memory_skip is not None,
+                                 extra={n: ["--load-artifacts", str(saves[other[n]]), "--saved-by", other[n]] for n in sides})
+                rows += artifacts.carried_rows(loads["reference"], loads["candidate"])
         except _CollectorFailed as e:
             if e.side == "reference":
                 raise HarnessError(f"{e}\nfix the reference environment first: the gate has nothing to compare against") from None

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 from harness.util.errors import HarnessError
 
+from . import trainpath
 from .facts import CHECK, FIGURE, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, decode
 
 PASS, CHANGED, FAIL, SKIP = "pass", "changed", "fail", "skipped"
@@ -80,6 +81,9 @@ def compare_fact(key: str, ref: dict, cand: dict, tolerance: float = DEFAULT_TOL
     row = Row(key, check, PASS, ref["shown"], cand["shown"])
     if SKIPPED in (ref["kind"], cand["kind"]):
         row.status, row.message = SKIP, "; ".join(dict.fromkeys(f["shown"] for f in (ref, cand) if f["kind"] == SKIPPED))
+    elif ref["kind"] in trainpath.KINDS:  # the training path's sequences, loss series and tensors
+        kept, row.reference, row.candidate, row.message = trainpath.judge(check, key, ref, cand, tolerance)
+        row.status = PASS if kept else FAIL
     elif ref["kind"] == CHECK:
         _judge_check(row, ref, cand)
     elif ref["kind"] == LOGITS:
@@ -152,6 +156,18 @@ def _judge_memory(row: Row, ref: dict, cand: dict, versions) -> None:
                                 {"figures": {name: ref["value"]}, "versions": versions[0]})
     if problems:
         row.status, row.message = FAIL, "; ".join(problems).replace("baseline", "reference").replace("measured", "candidate")
+
+
+def _without_place(error: str) -> str:
+    return error.rsplit(" (at ", 1)[0].strip()
+
+
+def same_errors(reference: dict, candidate: dict) -> dict[str, str]:
+    """Return {case: error} for the cases that raise the same error on both sides: bad input, not a regression."""
+    ref, cand = reference.get("cases", {}), candidate.get("cases", {})
+    return {key: _without_place(r["error"]) for key, r in ref.items()
+            if r.get("error") and key in cand and cand[key].get("error")
+            and _without_place(r["error"]) == _without_place(cand[key]["error"])}
 
 
 def counts(rows: list[Row]) -> dict[str, int]:

@@ -50,9 +50,29 @@ def interpreter(path: str | Path) -> Path:
             if candidate.is_file():
                 return candidate.absolute()
     if path.is_file() and os.access(path, os.X_OK):
-        return path.absolute()
+        return _is_python(path.absolute())
     raise HarnessError(f"no Python interpreter at {path}; give the path of a python executable (e.g. .venv/bin/python) "
                        "or of a virtualenv folder")
+
+
+PROBE = "import sys; print('qlora-harness-python', sys.version_info[0], sys.version_info[1])"
+
+
+def _is_python(path: Path) -> Path:
+    """Return path if running it as Python answers as a Python 3.10+; raise naming what it is instead."""
+    try:
+        done = subprocess.run([str(path), "-c", PROBE], capture_output=True, text=True, errors="replace", timeout=60)
+        words = (done.stdout.strip().splitlines() or [""])[-1].split()
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise HarnessError(f"{path} is not a Python interpreter (running it failed: {e}); give the path of a python "
+                           "executable, e.g. .venv/bin/python") from None
+    if len(words) != 3 or words[0] != "qlora-harness-python":
+        raise HarnessError(f"{path} is not a Python interpreter (asked for its version, it answered "
+                           f"{(done.stdout + done.stderr).strip()[:80]!r}); give the path of a python executable, "
+                           "e.g. .venv/bin/python")
+    if (int(words[1]), int(words[2])) < (3, 10):
+        raise HarnessError(f"{path} is Python {words[1]}.{words[2]}; the harness needs Python 3.10 or newer")
+    return path
 
 
 def parse_specs(tokens: list[str], side: str) -> list[str]:
@@ -81,11 +101,14 @@ def parse_side(tokens: list[str], side: str) -> tuple[Path | None, list[str]]:
     """Return (interpreter, []) or (None, specs) from the values of --reference or --candidate."""
     if not tokens:
         raise HarnessError(f"--{side} needs a value: a python executable, or requirement specs such as transformers==4.57.1")
-    paths = [t for t in tokens if _is_path(t)]
+    paths = [t for t in tokens if _is_path(t) or re.fullmatch(r"python[0-9.]*", t)]
     if paths and len(tokens) > 1:
         raise HarnessError(f"--{side} {' '.join(tokens)}: give one interpreter path, or requirement specs, not both")
     if paths:
-        return interpreter(paths[0]), []
+        found = paths[0] if _is_path(paths[0]) else shutil.which(paths[0])
+        if found is None:
+            raise HarnessError(f"--{side} {paths[0]}: no {paths[0]} on PATH; give the path of a python executable")
+        return interpreter(found), []
     return None, parse_specs(tokens, side)
 
 
@@ -160,7 +183,7 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
     base_torch = _installed(base_python, ["torch"]).get("torch")
     constraints = folder / "constraints.txt"
     constraints.write_text("" if "torch" in named or not base_torch else f"torch=={base_torch['version']}\n")
-    log = folder / "pip-install.log"
+    log = pip_log(folder)  # beside the venv, not in it: a failed build removes the venv and the log must stay
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints), *specs],
          f"pip install {' '.join(specs)} (log: {log})", log=log)
     found = _installed(python, sorted(named))
@@ -179,6 +202,11 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
     write_json(folder / MARKER, {"specs": specs, "base_python": str(base_python), "installed": found})
 
 
+def pip_log(folder: Path) -> Path:
+    """Return where the pip log of the venv at folder is kept: next to it, so it outlives a failed build."""
+    return Path(folder).parent / f"{Path(folder).name}.pip-install.log"
+
+
 def _installed(python: Path, names: list[str]) -> dict:
     script = ("import importlib.metadata as md, json, sys\n"
               "out = {}\n"
@@ -193,9 +221,14 @@ def _installed(python: Path, names: list[str]) -> dict:
 
 
 def _run(cmd: list[str], what: str, log: Path | None = None) -> subprocess.CompletedProcess:
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, errors="replace")
+    except OSError as e:
+        raise HarnessError(f"could not {what}: {e.strerror or e}") from None
     if log is not None:
-        log.write_text(result.stdout + result.stderr)
+        from harness.util.atomic import write_text
+
+        write_text(log, result.stdout + result.stderr)
     if result.returncode != 0:
         tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-LOG_TAIL:])
         raise HarnessError(f"could not {what}: exit status {result.returncode}:\n{tail}")
@@ -224,22 +257,33 @@ def child_environ(pythonpath: Path) -> dict[str, str]:
 def run_collectors(jobs: list[tuple[Environment, list[str], Path]], pythonpath: Path, parallel: bool = False) -> list[int]:
     """Run `python -m harness.gate.collect ARGS` for each (environment, args, log), output to its log; return the
     exit statuses. parallel runs them at once (nothing timed or measured on a GPU can share the machine)."""
+    import threading
+
+    from harness.util.atomic import copy_redacted
+
     running = []
     try:
         for env, args, log in jobs:
-            log.parent.mkdir(parents=True, exist_ok=True)
-            out = open(log, "w")
-            running.append((subprocess.Popen([str(env.python), "-m", "harness.gate.collect", *args], stdout=out,
-                                             stderr=subprocess.STDOUT, env=child_environ(pythonpath)), out))
+            proc = subprocess.Popen([str(env.python), "-m", "harness.gate.collect", *args], stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, env=child_environ(pythonpath), text=True, errors="replace")
+            # the log is written by the harness, through the redacting writer, not by the child
+            pump = threading.Thread(target=copy_redacted, args=(proc.stdout, log), daemon=True)
+            pump.start()
+            running.append((proc, pump))
             if not parallel:
-                running[-1][0].wait()
-        return [proc.wait() for proc, _ in running]
+                proc.wait()
+                pump.join()
+        statuses = [proc.wait() for proc, _ in running]
+        for _, pump in running:
+            pump.join()
+        return statuses
     finally:  # interrupted: no collector outlives the gate
-        for proc, out in running:
+        for proc, pump in running:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-            out.close()
+            pump.join(timeout=5)
+            proc.stdout.close()
 
 
 def log_tail(log: Path, lines: int = LOG_TAIL) -> str:

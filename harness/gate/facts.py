@@ -206,11 +206,21 @@ def _figure(name: str, value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def case_facts(c: pipeline.Case, cache_dir: Path, device: str = "cpu", memory_skip: str | None = "no CUDA GPU") -> list[dict]:
-    """Return every fact of a case, in the order a verdict lists them; GPU memory unless memory_skip says why not."""
+def case_facts(c: pipeline.Case, cache_dir: Path, device: str = "cpu", memory_skip: str | None = "no CUDA GPU",
+               on_fact=None) -> list[dict]:
+    """Return every fact of a case, in the order a verdict lists them; GPU memory unless memory_skip says why not.
+
+    on_fact, if given, is called with each fact as soon as it is known (progress), in the order they are found.
+    """
     import torch
 
     family = c.family
+    told = on_fact or (lambda f: None)
+
+    def found(new: list[dict]) -> list[dict]:
+        for f in new:
+            told(f)
+        return new
 
     def eval_batch(processor):
         count = 3 if family.kind == DUAL_ENCODER else 1
@@ -225,17 +235,17 @@ def case_facts(c: pipeline.Case, cache_dir: Path, device: str = "cpu", memory_sk
     before = logits(base, batch)
     adapted = lora.apply_lora(base, family, c.recipe)
     after = logits(adapted, batch)
-    facts = [zero_init_fact(c, before, after)] + generation_facts(c, adapted, after, batch)
+    facts = found([zero_init_fact(c, before, after)] + generation_facts(c, adapted, after, batch))
     if family.kind == VLM:
-        facts += placeholder_facts(c, adapted, processor, device)
+        facts += found(placeholder_facts(c, adapted, processor, device))
     del base, adapted
     h = pipeline.harness(c, cache_dir, device)
-    facts = audit_facts(h) + facts
-    facts += training_facts(h, inputs.example_batch(family, processor, count=2, train=True).to(device))
-    facts.append(round_trip_fact(h, batch, cache_dir, device))
+    facts = found(audit_facts(h)) + facts
+    facts += found(training_facts(h, inputs.example_batch(family, processor, count=2, train=True).to(device)))
+    facts += found([round_trip_fact(h, batch, cache_dir, device)])
     del h
     if memory_skip is None:
-        facts += memory_facts(c, cache_dir)
+        facts += found(memory_facts(c, cache_dir))
     else:
-        facts.append(fact("gpu memory and time", SKIPPED, None, f"skipped: {memory_skip}"))
+        facts += found([fact("gpu memory and time", SKIPPED, None, f"skipped: {memory_skip}")])
     return facts

@@ -12,7 +12,9 @@ from pathlib import Path
 from harness.util.atomic import write_json
 from harness.util.errors import HarnessError
 
-BASELINES_DIR = Path(__file__).resolve().parents[2] / "baselines"
+# A baseline is a record of one GPU, one set of library versions and the project's own recipes, so it lives in the
+# user's project (baselines/ beside its pytest configuration), never in the installed package.
+PROJECT_FOLDER = "baselines"
 MEMORY_TOLERANCE = 0.03  # relative: allocator rounding and kernel workspaces move peaks by a percent or two
 # absolute floor: the caching allocator reserves in 2 MiB and 20 MiB blocks, so a 32 MiB figure (CLIP ViT-B/16's
 # reserved static) moved by one block is not a regression
@@ -22,6 +24,11 @@ COMPARED = ("torch", "transformers", "peft", "bitsandbytes", "unsloth")  # the v
 # recorded for reports, not compared: they depend on what ran earlier in the process (the caching allocator
 # reuses segments it already holds: CLIP ViT-B/16's static reserved read 0.03 GiB late in a session, 0.14 first).
 GATED_PREFIXES = ("static_allocated", "peak_allocated", "status_")
+
+
+def project_baselines(project_root: Path) -> Path:
+    """Return the baselines folder of a project: baselines/ in its root (pytest's rootdir)."""
+    return Path(project_root) / PROJECT_FOLDER
 
 
 def baseline_path(root: Path, fingerprint: str, case_id: str) -> Path:

@@ -1,52 +1,84 @@
-"""A training step's memory budget as arithmetic: weights, adapters, gradients, optimizer state and activations.
+"""A training step's peak GPU memory as arithmetic, term by term, from the config and the recipe (nothing measured).
 
-Nothing is measured here. Weights come from the module inventory (4-bit Linear layers at NF4 + double-quant
-bytes, everything else at 16 bits); adapters, gradients and optimizer state from the trainable count; activations
-from the tensors autograd keeps for each transformer layer that carries LoRA, counted from the config:
+The peak is the larger of the step's two high points, on top of what lives through the whole step:
 
-    per token and layer, no checkpointing:  norms + normed outputs + attention + LoRA dropout + MLP
-      norms           2 x input kept for backward (4 bytes: Qwen's RMSNorm computes in float32; LayerNorm: e bytes)
-      normed outputs  2 x e*h (the input shared by q/k/v and by the MLP's first projections)
-      attention       e*(5h + kv): RoPE inputs of q (h) and k (kv), SDPA's q, repeated k and v, its output
-      LoRA dropout    (e + 1)*in per adapted module when dropout > 0 (its output and its boolean mask)
-      MLP             e*3i gated (gate, its activation, up), e*2i plain (fc1 output and its activation)
+    peak = weights + adapters + optimizer state + inputs + max(backward peak, optimizer-step peak)
 
-where e is the compute dtype's bytes, h the hidden size, kv the key/value width and i the MLP width (about
-34h + 2kv + 6i bytes for a bf16 Qwen layer, Korthikanti et al.'s 34 sbh). With gradient checkpointing each layer
-keeps only its input (e*h per token) and one layer at a time is recomputed in full. A causal LM adds its logits:
-e bytes each, their float32 copy and cross-entropy's float32 log-softmax. Layers without LoRA (a frozen vision
-tower) keep nothing: no tensor there needs a gradient. DoRA is not modelled: it also keeps each adapted layer's
-base output for its magnitude's gradient, so for DoRA the estimate is a floor (H200, CLIP ViT-B/16 at batch 16:
-1.42 GiB estimated, 2.19 measured). The figures are estimates to print beside measured ones, never a pass/fail
-threshold.
+Each term, and why it has the size it has (e: the bytes of the compute dtype; h, kv, i: hidden, key/value and MLP
+widths; T: tokens of a stack per sample; V: vocabulary; P: trainable parameters):
+
+  weights          the module inventory: 4-bit Linear layers outside keep_16bit at NF4 + double-quant bytes, everything
+                   else at 16 bits (32 where peft's prepare_model_for_kbit_training upcasts them).
+  adapters         P x 4: peft keeps LoRA (and DoRA's magnitude) in float32 on a 4-bit or 16-bit base.
+  optimizer state  P x 8 (AdamW's two float32 moments) or P x 2 (bitsandbytes' 8-bit blockwise state).
+  inputs           the batch on the GPU: int64 input ids, attention mask and labels (24 bytes a token) and the float32
+                   pixel values of the images (the processor's patches, 3 x 2 x 14 x 14 values each for Qwen).
+  backward peak    reached as the loss's backward starts, before any LoRA gradient exists (zero_grad(set_to_none)
+                   runs at the start of a step): the activations autograd keeps, plus the larger of
+                   logits          V x 12 bytes a token: the loss upcasts the logits to float32 and keeps the float32
+                                   log-softmax (4); its backward adds the log-softmax's gradient (4) and the float32
+                                   gradient of the logits (4). The 16-bit logits (2) are freed by then.
+                   layer backward  one layer's saved tensors (recomputed, with checkpointing) plus its backward's
+                                   MLP-wide gradient buffers: 4 x e x i a token (the gradients of the product, of its two
+                                   factors and of the activation's input live at once).
+  activations      per token and layer of a stack that carries autograd's graph:
+                     norms      2 x 4h (RMSNorm computes in float32 and keeps its float32 input) or 2 x e*h (LayerNorm)
+                     attention  e x (2h + 2kv): SDPA keeps q, k, v and its output (k, v not repeated for GQA); RoPE's
+                                multiplications keep only cos and sin
+                     MLP        e x 3i gated (the gate's output, its activation, up) or e x 2i plain (fc1's output and
+                                QuickGELU's sigmoid); frozen 4-bit and 16-bit Linear layers keep no input
+                     LoRA       per adapted module (4 + 1) x in + 4r: peft casts the input to float32 for lora_A, which
+                                keeps the dropout's float32 output (the 1 is the dropout's mask; no dropout: 4 x in)
+                     DoRA       per adapted module 8 x out more (the float32 LoRA and base results kept for the
+                                magnitude's gradient) and, with dropout, the float32 dequantized weight (4 x in x out,
+                                whatever the batch) that the base result is recomputed from
+                   With gradient checkpointing a layer keeps only its input (e x h a token) and one layer at a time is
+                   recomputed in backward. Which stacks carry the graph: those with LoRA; and, under checkpointing with
+                   transformers >= 5, a frozen vision tower too, since enable_input_require_grads hooks the input
+                   embeddings of every sub-model (its patch embedding included) and so its blocks are checkpointed
+                   like the language model's. A frozen tower otherwise keeps nothing. With
+                   prepare_model_for_kbit_training the norms are float32, so the hidden states that leave them and
+                   everything computed from them are float32 too (e = 4).
+  optimizer-step peak  P x 4 of gradients, plus torch AdamW's float32 temporary (the denominator sqrt(v): P x 4;
+                   bitsandbytes' fused kernels make none).
+
+Outside the step, and so outside what the records measure (their figures are taken from the process's baseline):
+the CUDA context (not allocated through PyTorch's allocator) and cuBLAS's workspaces; harness.measure.fit adds them
+when it says whether a step fits a card.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
-from harness.families import DUAL_ENCODER, FamilySpec
+from harness.families import DUAL_ENCODER, VLM, FamilySpec
 
 from .memory import quantized_bytes
 
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
 # optimizer state per trainable parameter: AdamW's two moments in float32, or 8-bit (blockwise) in bitsandbytes'
 OPTIMIZER_STATE_BYTES = {"adamw_torch": 8, "adamw": 8, "paged_adamw_32bit": 8, "paged_adamw_8bit": 2, "adamw_8bit": 2}
+# float32 temporaries of the optimizer's step per trainable parameter: torch's foreach AdamW materialises sqrt(v)
+OPTIMIZER_STEP_TEMP_BYTES = {"adamw_torch": 4, "adamw": 4}
 ADAPTER_BYTES = 4  # peft keeps LoRA weights (and so their gradients) in float32 on a 4-bit or 16-bit base
-GATED_MLP = {"gate_proj", "up_proj", "down_proj"}
-MLP_OUT = {"down_proj", "fc2"}  # adapted modules whose input is the MLP width, not the hidden size
-# How close the estimate lands to a measured training-mode peak on the H200 records: 15%, or 128 MiB on small
-# workloads (CLIP ViT-B/16 with checkpointing: 0.45 GiB estimated, 0.56 measured)
-AGREEMENT, AGREEMENT_FLOOR_BYTES = 0.15, 128 * 2**20
+LOGIT_BYTES = 12  # per logit at the loss's backward: float32 log-softmax, its gradient, the logits' float32 gradient
+MLP_GRAD_BUFFERS = 4  # MLP-wide gradient tensors alive at once in a layer's backward
+TOKEN_INPUT_BYTES = 24  # int64 input_ids, attention_mask and labels
+MLP_IN = {"down_proj", "fc2"}  # adapted modules whose input is the MLP width
+MLP_OUT = {"gate_proj", "up_proj", "fc1"}  # adapted modules whose output is the MLP width
+KV_OUT = {"k_proj", "v_proj"}
+# How close the estimate must land to every training-mode peak of the GPU records (tests/smoke/test_report.py)
+AGREEMENT = 0.10
 
 
 def agrees(measured_bytes: float, estimated_bytes: float) -> bool:
-    """Return whether an estimate is within AGREEMENT of a measured peak (or AGREEMENT_FLOOR_BYTES)."""
-    return abs(measured_bytes - estimated_bytes) < max(AGREEMENT * measured_bytes, AGREEMENT_FLOOR_BYTES)
+    """Return whether an estimate is within AGREEMENT of a measured peak."""
+    return abs(measured_bytes - estimated_bytes) <= AGREEMENT * measured_bytes
 
 
 @dataclass(frozen=True)
 class Stack:
-    """A stack of identical transformer layers: its role, sizes, and tokens per sample."""
+    """A stack of identical transformer layers: its role, sizes, tokens per sample, and whether it keeps a graph."""
 
     role: str
     layers: int
@@ -56,22 +88,39 @@ class Stack:
     gated: bool
     rms_norm: bool
     tokens: int
+    adapted: bool = False  # LoRA on it
+    graph: bool = False  # autograd records it: adapted, or a hooked frozen tower under checkpointing
 
 
 @dataclass(frozen=True)
 class Estimate:
-    """A training step's memory by part, in bytes."""
+    """A training step's memory by part, in bytes; total_bytes is its peak (see the module docstring)."""
 
     weights_bytes: int
     adapters_bytes: int
     gradients_bytes: int
     optimizer_bytes: int
-    activations_bytes: int
+    activations_bytes: int  # kept for backward, at the backward peak (the layer-backward buffers included)
+    logits_bytes: int = 0  # the loss's float32 working set at the backward peak (0 when the layer backward is larger)
+    inputs_bytes: int = 0
+    optimizer_step_bytes: int = 0  # the optimizer step's temporaries
+
+    @property
+    def backward_peak_bytes(self) -> int:
+        return self.activations_bytes + self.logits_bytes
+
+    @property
+    def step_peak_bytes(self) -> int:
+        return self.gradients_bytes + self.optimizer_step_bytes
+
+    @property
+    def static_bytes(self) -> int:
+        return self.weights_bytes
 
     @property
     def total_bytes(self) -> int:
-        return (self.weights_bytes + self.adapters_bytes + self.gradients_bytes + self.optimizer_bytes
-                + self.activations_bytes)
+        return (self.weights_bytes + self.adapters_bytes + self.optimizer_bytes + self.inputs_bytes
+                + max(self.backward_peak_bytes, self.step_peak_bytes))
 
     def as_dict(self) -> dict:
         return {**asdict(self), "total_bytes": self.total_bytes}
@@ -83,49 +132,133 @@ def _kv_width(config) -> int:
     return (getattr(config, "num_key_value_heads", None) or heads) * head_dim
 
 
-def stacks(family: FamilySpec, config, seq_len: int, text_tokens: int | None = None) -> list[Stack]:
-    """Return the model's layer stacks with their tokens per sample (CLIP: image patches + 1, and the captions)."""
+def towers_keep_graph(transformers_version: str | None = None) -> bool:
+    """Return whether gradient checkpointing makes a frozen vision tower keep autograd's graph: transformers >= 5
+    hooks the input embeddings of every sub-model (None: the installed version)."""
+    if transformers_version is None:
+        import transformers
+
+        transformers_version = transformers.__version__
+    return int(str(transformers_version).split(".")[0]) >= 5
+
+
+def vision_patches(vision_config, image_size: int) -> int:
+    """Return the patches a Qwen vision tower sees for one square image of image_size pixels (the processor's
+    smart_resize: each side rounded to a multiple of patch x merge)."""
+    factor = vision_config.patch_size * vision_config.spatial_merge_size
+    side = max(factor, round(image_size / factor) * factor)
+    return (side // vision_config.patch_size) ** 2
+
+
+def _vision_stack(v, tokens: int, adapted: bool, graph: bool) -> Stack:
+    hidden = getattr(v, "embed_dim", None) or v.hidden_size
+    intermediate = getattr(v, "intermediate_size", None) or int(hidden * v.mlp_ratio)
+    gated = getattr(v, "hidden_act", "") in ("silu", "swiglu")
+    # Qwen2.5-VL's gated (SiLU) vision blocks use RMSNorm; Qwen2-VL's and CLIP's QuickGELU blocks use LayerNorm
+    return Stack("vision_tower", getattr(v, "depth", None) or v.num_hidden_layers, hidden, hidden, intermediate,
+                 gated, gated, tokens, adapted, graph)
+
+
+def stacks(family: FamilySpec, config, seq_len: int, text_tokens: int | None = None, recipe=None,
+           image_size: int | None = None, transformers_version: str | None = None) -> list[Stack]:
+    """Return the model's layer stacks with their tokens per sample (CLIP: image patches + 1, and the captions;
+    a VLM: its vision tower's patches, and seq_len tokens of the language model, image placeholders included)."""
+    roles = set(recipe.lora.target_roles) if recipe else {"language_backbone"}
+    checkpointing = bool(recipe and recipe.training.gradient_checkpointing)
     if family.kind == DUAL_ENCODER:
         v, t = config.vision_config, config.text_config
         patches = (v.image_size // v.patch_size) ** 2 + 1
-        return [Stack("vision_tower", v.num_hidden_layers, v.hidden_size, v.hidden_size, v.intermediate_size,
-                      False, False, patches),
-                Stack("language_backbone", t.num_hidden_layers, t.hidden_size, t.hidden_size, t.intermediate_size,
-                      False, False, text_tokens or t.max_position_embeddings)]
+        vision = _vision_stack(v, patches, "vision_tower" in roles, "vision_tower" in roles)
+        return [vision, Stack("language_backbone", t.num_hidden_layers, t.hidden_size, t.hidden_size,
+                              t.intermediate_size, False, False, text_tokens or t.max_position_embeddings,
+                              "language_backbone" in roles, "language_backbone" in roles)]
     t = config.get_text_config()
-    return [Stack("language_backbone", t.num_hidden_layers, t.hidden_size, _kv_width(t), t.intermediate_size,
-                  True, True, seq_len)]
+    out = [Stack("language_backbone", t.num_hidden_layers, t.hidden_size, _kv_width(t), t.intermediate_size,
+                 True, True, seq_len, "language_backbone" in roles, "language_backbone" in roles)]
+    if family.kind == VLM and image_size:
+        adapted = "vision_tower" in roles
+        graph = adapted or (checkpointing and towers_keep_graph(transformers_version))
+        out.append(_vision_stack(config.vision_config, vision_patches(config.vision_config, image_size), adapted,
+                                 graph))
+    return out
+
+
+def _module_widths(stack: Stack, module: str) -> tuple[int, int]:
+    fan_in = stack.intermediate if module in MLP_IN else stack.hidden
+    fan_out = stack.intermediate if module in MLP_OUT else (stack.kv if module in KV_OUT else stack.hidden)
+    return fan_in, fan_out
+
+
+def _activation_bytes(recipe) -> int:
+    # peft's k-bit preparation makes the norms float32: the hidden states they emit, and all after them, are float32
+    if recipe.quantization.load_in_4bit and recipe.training.prepare_for_kbit_training:
+        return 4
+    return DTYPE_BYTES[recipe.quantization.compute_dtype]
 
 
 def layer_bytes_per_token(stack: Stack, recipe) -> int:
     """Return the bytes one layer keeps for backward per token without checkpointing (see the module docstring)."""
-    e = DTYPE_BYTES[recipe.quantization.compute_dtype]
+    e = _activation_bytes(recipe)
     h, kv, i = stack.hidden, stack.kv, stack.intermediate
     norms = 2 * (4 if stack.rms_norm else e) * h
-    normed = 2 * e * h
-    attention = e * (5 * h + kv)
+    attention = e * (2 * h + 2 * kv)
     mlp = e * (3 if stack.gated else 2) * i
-    lora = 0
-    if stack.role in recipe.lora.target_roles and recipe.lora.dropout > 0:
-        lora = sum((e + 1) * (i if m in MLP_OUT else h) for m in recipe.lora.target_modules)
-    return norms + normed + attention + mlp + lora
+    adapters = 0
+    if stack.adapted:
+        lora = recipe.lora
+        for m in lora.target_modules:
+            fan_in, fan_out = _module_widths(stack, m)
+            adapters += (ADAPTER_BYTES + (1 if lora.dropout > 0 else 0)) * fan_in + ADAPTER_BYTES * lora.r
+            if lora.use_dora:
+                adapters += (8 if lora.dropout > 0 else ADAPTER_BYTES + e) * fan_out
+    return norms + attention + mlp + adapters
 
 
-def activation_bytes(stacks_: list[Stack], recipe, batch_size: int, vocab: int | None) -> int:
-    """Return the activations a training step keeps at its peak: every adapted stack's, plus a causal LM's logits."""
-    e = DTYPE_BYTES[recipe.quantization.compute_dtype]
-    total = 0
+def layer_fixed_bytes(stack: Stack, recipe) -> int:
+    """Return the bytes one layer keeps whatever the batch: DoRA's float32 dequantized weights (with dropout)."""
+    lora = recipe.lora
+    if not (stack.adapted and lora.use_dora and lora.dropout > 0):
+        return 0
+    return sum(4 * math.prod(_module_widths(stack, m)) for m in lora.target_modules)
+
+
+def activation_parts(stacks_: list[Stack], recipe, batch_size: int, vocab: int | None) -> tuple[int, int]:
+    """Return (activations, logits) at the backward peak: what the graph keeps plus the larger of the loss's working
+    set and one layer's backward (logits is 0 when the layer backward is the larger)."""
+    e = _activation_bytes(recipe)
+    checkpointing = recipe.training.gradient_checkpointing
+    kept, layer_backward = 0, 0
     for s in stacks_:
-        if s.role not in recipe.lora.target_roles:
-            continue  # frozen and without adapters: autograd keeps nothing for it
-        per_layer = layer_bytes_per_token(s, recipe) * s.tokens * batch_size
-        if recipe.training.gradient_checkpointing:
-            total += s.layers * e * s.hidden * s.tokens * batch_size + per_layer
+        if not s.graph:
+            continue  # frozen, not hooked: autograd keeps nothing for it
+        one_layer = layer_bytes_per_token(s, recipe) * s.tokens * batch_size + layer_fixed_bytes(s, recipe)
+        buffers = MLP_GRAD_BUFFERS * e * s.intermediate * s.tokens * batch_size
+        if checkpointing:
+            kept += s.layers * e * s.hidden * s.tokens * batch_size
+            layer_backward = max(layer_backward, one_layer + buffers)
         else:
-            total += s.layers * per_layer
+            kept += s.layers * one_layer
+            layer_backward = max(layer_backward, buffers)
+    logits = 0
     if vocab:
         language = next(s for s in stacks_ if s.role == "language_backbone")
-        total += language.tokens * batch_size * vocab * (e + 4 + 4)
+        final_norm = 4 * language.hidden * language.tokens * batch_size  # the final RMSNorm's float32 input
+        logits = language.tokens * batch_size * vocab * LOGIT_BYTES + final_norm
+    if logits >= layer_backward:
+        return kept, logits
+    return kept + layer_backward, 0
+
+
+def inputs_bytes(family: FamilySpec, config, batch_size: int, tokens: int, image_size: int | None) -> int:
+    """Return the bytes of a batch on the GPU: token tensors, and the float32 pixel values."""
+    if family.kind == DUAL_ENCODER:
+        v = config.vision_config
+        return batch_size * (16 * tokens + 4 * v.num_channels * v.image_size ** 2)
+    total = batch_size * TOKEN_INPUT_BYTES * tokens
+    if family.kind == VLM and image_size:
+        v = config.vision_config
+        values = getattr(v, "in_channels", None) or getattr(v, "in_chans", 3)
+        total += batch_size * vision_patches(v, image_size) * 4 * values * v.temporal_patch_size * v.patch_size ** 2
     return total
 
 
@@ -158,27 +291,35 @@ def weights_bytes(model, family: FamilySpec, recipe) -> int:
 
 
 def estimate(family: FamilySpec, config, recipe, weights: int, trainable_params: int, batch_size: int,
-             seq_len: int, text_tokens: int | None = None) -> Estimate:
-    """Return the memory estimate of a training step at batch_size, sequence seq_len (CLIP: text_tokens)."""
+             seq_len: int, text_tokens: int | None = None, image_size: int | None = None,
+             transformers_version: str | None = None) -> Estimate:
+    """Return the memory estimate of a training step at batch_size, seq_len tokens a sample (CLIP: text_tokens),
+    images of image_size pixels (default: the recipe's), under transformers_version (default: the installed one)."""
     optimizer = recipe.training.optimizer
     if optimizer not in OPTIMIZER_STATE_BYTES:
         from harness.util.errors import unknown
 
         raise unknown("optimizer (memory estimate)", optimizer, OPTIMIZER_STATE_BYTES)
+    image_size = image_size or recipe.training.image_size
     vocab = None if family.kind == DUAL_ENCODER else config.get_text_config().vocab_size
-    acts = activation_bytes(stacks(family, config, seq_len, text_tokens), recipe, batch_size, vocab)
+    layers = stacks(family, config, seq_len, text_tokens, recipe, image_size, transformers_version)
+    acts, logits = activation_parts(layers, recipe, batch_size, vocab)
+    tokens = text_tokens if family.kind == DUAL_ENCODER else seq_len
     return Estimate(weights, trainable_params * ADAPTER_BYTES, trainable_params * ADAPTER_BYTES,
-                    trainable_params * OPTIMIZER_STATE_BYTES[optimizer], acts)
+                    trainable_params * OPTIMIZER_STATE_BYTES[optimizer], acts, logits,
+                    inputs_bytes(family, config, batch_size, tokens or 0, image_size),
+                    trainable_params * OPTIMIZER_STEP_TEMP_BYTES.get(optimizer, 0))
 
 
-def meta_counts(family: FamilySpec, size: str, recipe) -> dict:
-    """Return {config, weights_bytes, trainable_params, total_params} of a family size under a recipe, counted on
-    the meta device (no weights allocated); total_params counts every base weight unquantized, LoRA not included."""
+def meta_counts(family: FamilySpec, size: str | None, recipe, config=None) -> dict:
+    """Return {config, weights_bytes, trainable_params, total_params} of a family size (or of config) under a
+    recipe, counted on the meta device (no weights allocated); total_params counts every base weight unquantized,
+    LoRA not included."""
     from harness.model import lora
     from harness.model.load import meta_model
     from harness.model.synth import make_config
 
-    config = make_config(family, size)
+    config = config if config is not None else make_config(family, size)
     model = meta_model(family, config)
     targets = lora.lora_targets(model, family, recipe)
     return {"config": config, "weights_bytes": weights_bytes(model, family, recipe),
@@ -187,8 +328,8 @@ def meta_counts(family: FamilySpec, size: str, recipe) -> dict:
 
 
 def from_meta(family: FamilySpec, size: str, recipe, batch_size: int, seq_len: int,
-              text_tokens: int | None = None) -> Estimate:
+              text_tokens: int | None = None, image_size: int | None = None) -> Estimate:
     """Return the estimate for a family size under a recipe from its config alone (meta device, no weights)."""
     c = meta_counts(family, size, recipe)
     return estimate(family, c["config"], recipe, c["weights_bytes"], c["trainable_params"], batch_size, seq_len,
-                    text_tokens)
+                    text_tokens, image_size=image_size)

@@ -76,13 +76,14 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
     budget is the session's GPU cap (--gpu-budget); a recipe's training.gpu_budget tightens it for its steps.
     """
     recipe = case.recipe
-    folder = pipeline.checkpoint_of(case, cache_dir, device=device)
-    probe.warm_up()
-    probe.release()
-    before = probe.static_memory()  # cuBLAS workspaces and what earlier cases left: not this model's
-    start = time.perf_counter()
-    model = load.load_model(folder, case.family, recipe, device=device)
-    load_time_s = time.perf_counter() - start
+    with pipeline.reading(case, cache_dir, device=device) as folder:
+        probe.warm_up()
+        probe.release()
+        before = probe.static_memory()  # cuBLAS workspaces and what earlier cases left: not this model's
+        start = time.perf_counter()
+        model = load.load_model(folder, case.family, recipe, device=device)
+        load_time_s = time.perf_counter() - start
+        processor = load.load_processor(folder, case.family)
     static_base = probe.memory_since(before)
     minimum = memory.inventory_bytes(model, recipe.quantization.double_quant)
     upcast = memory.upcast_bytes(model)
@@ -93,7 +94,6 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
     static = prepared
     with_adapters = probe.memory_since(before)
     report = audit(model, case.family, recipe, case.id)
-    processor = load.load_processor(folder, case.family)
     figures = {
         "static_allocated_bytes": static["allocated_bytes"],
         "static_reserved_bytes": static["reserved_bytes"],

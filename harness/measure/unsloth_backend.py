@@ -138,7 +138,9 @@ def run_isolated(family: str, size: str, checkpoint: Path, batch_sizes, out: Pat
 
     cmd = [sys.executable, "-m", "harness.measure.unsloth_backend", "--family", family, "--size", size,
            "--checkpoint", str(checkpoint), "--batch-sizes", *map(str, batch_sizes), "--out", str(out)]
-    root = str(Path(__file__).resolve().parents[2])
+    import harness
+
+    root = str(Path(harness.__file__).resolve().parent.parent)  # where harness imports from: checkout or site-packages
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
     if not out.is_file():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from harness.families import FamilySpec
 from harness.recipe import Recipe
-from harness.util.errors import HarnessError
+from harness.util.errors import HarnessError, shorten
 
 # Offline by default: the harness never downloads, so no library should try. huggingface_hub reads these once,
 # when it is first imported, and bitsandbytes may fetch a CPU kernel from the Hub as it is imported; both happen
@@ -28,8 +28,16 @@ def resolve_checkpoint(path: str | Path) -> Path:
     snapshots = path / "snapshots"
     if snapshots.is_dir():
         ref = path / "refs" / "main"
-        if ref.is_file() and (snapshots / ref.read_text().strip() / "config.json").is_file():
-            return snapshots / ref.read_text().strip()
+        if ref.is_file():  # what the cache says is current: never silently another snapshot
+            try:
+                commit = ref.read_text().strip()
+            except (OSError, UnicodeDecodeError) as e:
+                raise HarnessError(f"{ref} cannot be read ({e}); fix or remove it") from None
+            chosen = snapshots / commit
+            if not commit or "/" in commit or not (chosen / "config.json").is_file():
+                raise HarnessError(f"{ref} names snapshot {commit[:40]!r}, but {snapshots} has no such snapshot with "
+                                   "a config.json; download it again, or point at a snapshot folder itself")
+            return chosen
         found = sorted((p for p in snapshots.iterdir() if (p / "config.json").is_file()), key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1]
@@ -58,7 +66,11 @@ def read_config(checkpoint: Path, family: FamilySpec):
     if found != expected:
         raise HarnessError(f"checkpoint {checkpoint} is a {found!r} model, but family {family.name} expects "
                            f"model_type {expected!r}; pick the family that matches the checkpoint")
-    return transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    try:
+        return transformers.AutoConfig.from_pretrained(checkpoint, local_files_only=True)
+    except (ValueError, TypeError, KeyError, AttributeError, OSError) as e:
+        raise HarnessError(f"{Path(checkpoint) / 'config.json'} does not make a {family.config_class} "
+                           f"({type(e).__name__}: {shorten(str(e), 200)}); the checkpoint is damaged: save it again") from None
 
 
 def detect_family(checkpoint: str | Path) -> FamilySpec:
@@ -116,15 +128,20 @@ def role_roots(model, family: FamilySpec, roles) -> list[str]:
     return sorted(n for n in pure if n.rpartition(".")[0] not in pure)
 
 
-def check_safetensors(checkpoint: Path) -> None:
-    """Raise if a checkpoint has no safetensors weights, naming the pickle files it has and the recipe key that allows them."""
-    if any(Path(checkpoint).glob("*.safetensors")):
-        return
-    pickled = sorted(p.name for p in Path(checkpoint).iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
-    raise HarnessError(
-        f"checkpoint {checkpoint} has no *.safetensors file (found {', '.join(pickled) or 'no weights at all'}); "
-        "pickle weights can run code as they load: convert them to safetensors, or, if you trust their source, "
-        "set allow_pickle: true in the recipe")
+def check_safetensors(checkpoint: Path, allow_pickle: bool = False) -> None:
+    """Raise if a checkpoint has no safetensors weights (naming the pickle files it has and the recipe key that allows
+    them), or, with allow_pickle, no weights at all."""
+    from .weights import weight_files
+
+    weight_files(checkpoint, allow_pickle)
+
+
+def check_checkpoint(checkpoint: Path, family: FamilySpec, config, allow_pickle: bool = False, skeleton=None) -> int:
+    """Return how many tensors were checked: safetensors headers intact, shapes those of config's architecture
+    (built on the meta device); raise naming the file and tensor otherwise."""
+    from .weights import check_weights
+
+    return check_weights(checkpoint, skeleton if skeleton is not None else meta_model(family, config), allow_pickle)
 
 
 def require_bitsandbytes() -> None:
@@ -167,11 +184,10 @@ def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, devic
     trust_remote_code = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
     checkpoint = resolve_checkpoint(checkpoint)
     config = read_config(checkpoint, family)
-    if not allow_pickle:
-        check_safetensors(checkpoint)
     if recipe.quantization.load_in_4bit:
         require_bitsandbytes()
     skeleton = meta_model(family, config)
+    check_checkpoint(checkpoint, family, config, allow_pickle, skeleton)
     check_roles(skeleton, family)
     skip = role_roots(skeleton, family, recipe.quantization.keep_16bit)
     del skeleton

@@ -1,6 +1,7 @@
 """The whole path for one case: checkpoint -> 4-bit load -> training preparation -> LoRA, ready to audit and run."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,11 @@ class Case:
     @property
     def id(self) -> str:
         return self.recipe.test_id(self.size) + (f"--{self.variant}" if self.variant else "")
+
+    @property
+    def key(self) -> tuple:
+        """What a loaded model depends on: equal keys may share one load (the id is for reading, this for caching)."""
+        return (self.family.name, self.size, self.recipe.fingerprint(), str(self.checkpoint or ""), self.variant)
 
 
 @dataclass
@@ -57,10 +63,21 @@ def checkpoint_of(c: Case, cache_dir: Path, device: str = "cpu") -> Path:
     return synth.synthetic_checkpoint(c.family, c.size, cache_dir, device=device)
 
 
+@contextmanager
+def reading(c: Case, cache_dir: Path, device: str = "cpu"):
+    """Yield the checkpoint folder of a case, kept on disk while the caller reads it (synthetic ones can be
+    evicted by other processes to make room: harness.model.disk)."""
+    if c.checkpoint is not None:
+        yield load.resolve_checkpoint(c.checkpoint)
+        return
+    with synth.reading(c.family, c.size, cache_dir, device=device) as folder:
+        yield folder
+
+
 def load_base(c: Case, cache_dir: Path, device: str = "cpu"):
     """Return (checkpoint, base model) of a case, loaded per its recipe with no LoRA."""
-    folder = checkpoint_of(c, cache_dir, device)
-    return folder, load.load_model(folder, c.family, c.recipe, device=device)
+    with reading(c, cache_dir, device) as folder:
+        return folder, load.load_model(folder, c.family, c.recipe, device=device)
 
 
 def adapt(c: Case, model, on_prepared=None):
@@ -81,7 +98,8 @@ def adapt(c: Case, model, on_prepared=None):
 
 def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
     """Return the case loaded in 4-bit, prepared for training as its recipe asks, with LoRA applied."""
-    folder, model = load_base(c, cache_dir, device)
+    with reading(c, cache_dir, device) as folder:
+        model = load.load_model(folder, c.family, c.recipe, device=device)
+        processor = load.load_processor(folder, c.family, c.recipe.trust_remote_code)
     model, targets, expected = adapt(c, model)
-    processor = load.load_processor(folder, c.family, c.recipe.trust_remote_code)
     return Harnessed(c, folder, processor, model, targets, expected)

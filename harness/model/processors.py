@@ -9,6 +9,12 @@ from harness.families import LLM, FamilySpec
 _NEEDS_TORCHVISION = "torchvision"
 
 
+def _torchvision_missing() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("torchvision") is None
+
+
 def _images_only(cls):
     """Return a subclass of a processor class that accepts a missing video processor (which needs torchvision)."""
 
@@ -40,14 +46,33 @@ def read_chat_template(folder: Path) -> str | None:
     return None
 
 
+def _image_processor(folder: Path, trust_remote_code: bool):
+    """Return the saved image processor: AutoImageProcessor, or the class the folder names where AutoImageProcessor
+    itself needs torchvision (transformers 5.0 to 5.23 only resolve it with torchvision installed)."""
+    import transformers
+
+    kw = dict(local_files_only=True, trust_remote_code=trust_remote_code)
+    try:
+        return transformers.AutoImageProcessor.from_pretrained(folder, **kw)
+    except ImportError as e:
+        if _NEEDS_TORCHVISION not in str(e).lower():
+            raise
+        saved = json.loads((Path(folder) / "preprocessor_config.json").read_text()).get("image_processor_type", "")
+        # the torchvision-free class: the saved name without "Fast" (5.x falls back to its PIL version by itself)
+        cls = getattr(transformers, saved.removesuffix("Fast"), None)
+        if cls is None:
+            raise
+        return cls.from_pretrained(folder, **kw)
+
+
 def assemble(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
     """Return the family's processor class built from the tokenizer, image processor and chat template in folder."""
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
-    image_processor = transformers.AutoImageProcessor.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
     import inspect
 
+    image_processor = _image_processor(folder, trust_remote_code)
     cls = _images_only(getattr(transformers, family.processor_class))
     template = read_chat_template(folder) or getattr(tokenizer, "chat_template", None)
     # the processor's own settings saved beside it (image_seq_len, num_image_tokens, ...), where the class takes them
@@ -71,8 +96,11 @@ def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = F
         return transformers.AutoTokenizer.from_pretrained(folder, **kw)
     try:
         return transformers.AutoProcessor.from_pretrained(folder, **kw)
-    except (ImportError, ValueError) as e:
-        # many VLM processors carry a video processor that needs torchvision; images need none.
-        if _NEEDS_TORCHVISION not in str(e).lower() or not family.processor_class:
+    except (ImportError, TypeError, ValueError) as e:
+        # many VLM processors carry a video processor that needs torchvision; images need none. 5.x says so
+        # (ImportError; ValueError from AutoVideoProcessor, e.g. InternVL's); 5.0 fails looking its class up in a
+        # mapping that holds None for it (TypeError).
+        said = isinstance(e, (ImportError, ValueError)) and _NEEDS_TORCHVISION in str(e).lower()
+        if not (said or (isinstance(e, TypeError) and _torchvision_missing())) or not family.processor_class:
             raise
         return assemble(Path(folder), family, trust_remote_code)

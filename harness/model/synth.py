@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from filelock import FileLock
@@ -14,7 +15,10 @@ from harness.families import FamilySpec, check_size
 from harness.util.atomic import leftovers, staged_folder, write_json
 from harness.util.env import library_versions
 
+from . import disk
+
 MARKER = "qlora-harness.json"  # written last: a folder without it was never finished
+ROOM_LOCK = ".room.lock"  # one build at a time makes disk room and writes (builds are disk-bound anyway)
 BUILD_LOG = "builds.jsonl"  # one line per build, next to the checkpoints: what was built, by which process, how long
 CACHE_ENV = "QLORA_HARNESS_CACHE"
 # Libraries whose version changes what save_pretrained writes (weights, configs, tokenizer files).
@@ -109,8 +113,11 @@ def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:
 
 
 def is_complete(folder: Path) -> bool:
-    """Return whether folder holds a finished synthetic checkpoint."""
-    return (Path(folder) / MARKER).is_file()
+    """Return whether folder holds a finished synthetic checkpoint whose weight files are whole (a file truncated
+    after the build, by a full disk or a bad copy, makes the folder unfinished: it is built again)."""
+    from .weights import headers_intact
+
+    return (Path(folder) / MARKER).is_file() and headers_intact(folder)
 
 
 def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
@@ -124,11 +131,45 @@ def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: i
     with FileLock(str(folder) + ".lock"):
         if not is_complete(folder):  # another worker may have built it while we waited
             _sweep(folder)
-            start = time.perf_counter()
-            with staged_folder(folder) as stage:
-                _build(family, size, stage, seed, device)
-            _log_build(folder, time.perf_counter() - start)
+            with FileLock(str(folder.parent / ROOM_LOCK)):
+                start = time.perf_counter()
+                disk.make_room(_complete(folder.parent), folder.parent, weight_bytes(family, size))
+                with staged_folder(folder) as stage:
+                    _build(family, size, stage, seed, device)
+                _log_build(folder, time.perf_counter() - start)
     return folder
+
+
+@contextmanager
+def reading(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu"):
+    """Yield the folder of a synthetic checkpoint, held against eviction while the caller reads it.
+
+    Built if missing; rebuilt if another process evicted it between the lookup and the lock.
+    """
+    while True:
+        folder = synthetic_checkpoint(family, size, cache_dir, seed, device)
+        lock = disk.hold(folder)
+        if lock is None:
+            continue  # evicted by another process before the lock was taken: build it again
+        try:
+            if is_complete(folder):
+                yield folder
+                return
+        finally:
+            disk.release(lock)
+
+
+def weight_bytes(family: FamilySpec, size: str) -> int:
+    """Return the bytes a checkpoint of family at size takes on disk (16-bit weights), from the meta device."""
+    from .load import meta_model
+
+    model = meta_model(family, make_config(family, size))
+    tensors = {id(t): t for t in model.state_dict(keep_vars=True).values()}  # tied weights are one tensor
+    return 2 * sum(t.numel() for t in tensors.values())
+
+
+def _complete(checkpoints: Path) -> list[Path]:
+    return [p for p in checkpoints.iterdir() if p.is_dir() and not p.name.startswith(".") and is_complete(p)]
 
 
 def builds(cache_dir: Path) -> list[dict]:
@@ -148,7 +189,7 @@ def _sweep(folder: Path) -> None:
 
 
 def _log_build(folder: Path, seconds: float) -> None:
-    line = json.dumps({"folder": folder.name, "pid": os.getpid(), "seconds": round(seconds, 3)})
+    line = json.dumps({"folder": folder.name, "pid": os.getpid(), "seconds": round(seconds, 3), "at": time.time()})
     with open(folder.parent / BUILD_LOG, "a") as log:  # one short append per build: whole lines, even concurrently
         log.write(line + "\n")
 

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from harness.util.atomic import write_text
+from harness.util.atomic import check_folder, staged_folder, write_text
 from harness.util.errors import HarnessError
 from harness.util.units import GiB
 
@@ -64,10 +64,42 @@ def load_results(folders) -> tuple[list[dict], list[dict]]:
             except (json.JSONDecodeError, UnicodeDecodeError) as e:
                 raise HarnessError(f"{path}: not a results JSON ({e}); remove it or fix it") from None
             if isinstance(data, dict) and "experiment" in data and "records" in data:
+                _require(data, EXPERIMENT_FIELDS, path)
+                for i, record in enumerate(data["records"]):
+                    _require(record, RECORD_FIELDS, path, f"records[{i}].")
                 experiments.append({**data, "source": str(path)})
             elif isinstance(data, dict) and "case" in data and "figures" in data and "error" not in data:
+                _require(data, PROFILE_FIELDS, path)
                 profiles.append({**data, "source": str(path)})
     return experiments, profiles
+
+
+# What a results file must hold for its section to be drawn, and of what type.
+EXPERIMENT_FIELDS = {"experiment": str, "title": str, "recipe": str, "size": str, "kind": str, "records": list}
+RECORD_FIELDS = {"case": str, "variant": str, "label": str, "model_size": str, "status": str, "backend": str,
+                 "figures": dict}
+PROFILE_FIELDS = {"case": str, "figures": dict}
+
+
+def _require(data, required: dict, path: Path, prefix: str = "") -> None:
+    if not isinstance(data, dict):
+        raise HarnessError(f"{path}: {prefix.rstrip('.') or 'the file'} is a {type(data).__name__}, not a record; "
+                           "it is not a results file: remove it or fix it")
+    for key, kind in required.items():
+        if not isinstance(data.get(key), kind):
+            found = "missing" if key not in data else f"a {type(data[key]).__name__}"
+            raise HarnessError(f"{path}: field {prefix}{key} should be a {kind.__name__}, found {found}; it is not a "
+                               "results file `qlora-harness run` or `pytest -m gpu --results-dir` wrote: remove it or fix it")
+
+
+def _section_of(sources, build, *args):
+    """Return build(*args); a results file that holds the fields but not their contents is named, not a traceback."""
+    try:
+        return build(*args)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        what = f"field {e.args[0]!r} missing" if isinstance(e, KeyError) and e.args else f"{type(e).__name__}: {e}"
+        raise HarnessError(f"{', '.join(map(str, sources))}: cannot be reported ({what}); it is not a results file "
+                           "this harness wrote: remove it or fix it") from None
 
 
 def join_parts(results: list[dict]) -> list[dict]:
@@ -188,7 +220,7 @@ def budget(name: str, title: str, f: dict, estimates: dict) -> Chart | None:
     measured = [f.get("static_allocated_bytes"), f.get("adapter_bytes"), measured_opt,
                 f.get(f"activations_bs{n}_bytes"), f.get(f"peak_allocated_bs{n}_bytes")]
     estimated = [e["weights_bytes"], e["adapters_bytes"], e["gradients_bytes"] + e["optimizer_bytes"],
-                 e["activations_bytes"], e["total_bytes"]]
+                 e["activations_bytes"] + e.get("logits_bytes", 0), e["total_bytes"]]
     chart = Chart(name, f"{title} (batch {n})", "part", "GiB", "bars", list(COMPONENTS),
                   {"estimate": [_gib(v) for v in estimated], "measured": [_gib(v) for v in measured]})
     chart.marks.update({("measured", c): "no GPU" for c, v in zip(COMPONENTS, measured) if v is None})
@@ -218,7 +250,7 @@ def _at_largest_batch(figure: str, scale: float = 1.0):
 
 
 def _estimated_peak(r: dict):
-    estimates = r.get("estimates", {})
+    estimates = record_estimates(r)
     return _gib(estimates[max(estimates, key=int)]["total_bytes"]) if estimates else None
 
 
@@ -244,6 +276,7 @@ def profile_estimates(record: dict) -> dict:
     if key not in _meta_cache:
         _meta_cache[key] = estimate.meta_counts(family, size, recipe)
     c = _meta_cache[key]
+    version = record.get("versions", {}).get("transformers")  # the estimate follows the version that ran
     out = {}
     for step in record.get("steps", []):
         if step.get("status") == "ok" and step.get("tokens"):
@@ -251,8 +284,16 @@ def profile_estimates(record: dict) -> dict:
             per_sample = step["tokens"] // n
             text = per_sample if family.kind == "dual-encoder" else None
             out[str(n)] = estimate.estimate(family, c["config"], recipe, c["weights_bytes"], c["trainable_params"],
-                                            n, per_sample, text).as_dict()
+                                            n, per_sample, text, transformers_version=version).as_dict()
     return out
+
+
+def record_estimates(record: dict) -> dict:
+    """Return a record's estimate by batch size from today's estimate code (its recipe on the meta device); the one
+    stored in the record when its recipe cannot be re-read (Unsloth's arms)."""
+    if record.get("backend", record.get("recipe", {}).get("backend", "peft")) != "peft":
+        return record.get("estimates", {})
+    return profile_estimates(record) or record.get("estimates", {})
 
 
 def _arm_summary(records: list[dict]) -> str:
@@ -326,7 +367,7 @@ def experiment_section(result: dict, name: str | None = None) -> tuple[str, list
               static_dynamic(f"{name}-static-dynamic", f"{name}: static vs dynamic VRAM",
                              [(f"{r['label']} ({r['model_size']})", r["figures"]) for r in ok if r["backend"] == "peft"]),
               estimate_vs_measured(f"{name}-estimate", f"{name}: estimated vs measured peak",
-                                   [(f"{r['label']} ({r['model_size']})", r["figures"], r.get("estimates", {}))
+                                   [(f"{r['label']} ({r['model_size']})", r["figures"], record_estimates(r))
                                     for r in ok])]
     if result["kind"] == "ablation":
         charts += [by_rank(f"{name}-rank-vram", f"{name}: measured peak VRAM by rank", ok,
@@ -339,7 +380,7 @@ def experiment_section(result: dict, name: str | None = None) -> tuple[str, list
                            _at_largest_batch("tokens_per_s_bs{n}"), "tokens/s", ",.0f")]
     if result["kind"] == "grounding" and ok:
         charts.append(budget(f"{name}-budget", f"{name}: memory budget, estimate vs measured", ok[0]["figures"],
-                             ok[0].get("estimates", {})))
+                             record_estimates(ok[0])))
     return "\n".join(text), [c for c in charts if c is not None]
 
 
@@ -378,24 +419,47 @@ def write_report(folders, out: Path) -> Report:
     for e in join_parts(experiments):  # the same experiment twice (another GPU or versions): its charts numbered
         seen[e["experiment"]] = seen.get(e["experiment"], 0) + 1
         n = seen[e["experiment"]]
-        sections.append(experiment_section(e, e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
+        sections.append(_section_of(e["sources"], experiment_section, e,
+                                    e["experiment"] if n == 1 else f"{e['experiment']}-{n}"))
     groups: dict[str, list[dict]] = {}
     for r in profiles:
-        groups.setdefault(workload(r), []).append(r)
-    sections += [profile_section(name, records) for name, records in sorted(groups.items())]
-    out = Path(out)
+        if "held_out" not in r:  # the held-out configurations have their own table in the estimate section
+            groups.setdefault(workload(r), []).append(r)
+    sections += [_section_of([r["source"] for r in records], profile_section, name, records)
+                 for name, records in sorted(groups.items())]
+    from . import estimates
+
+    sections.append(estimates.section(join_parts(experiments), profiles, record_estimates, label, workload, Chart))
+    out = check_report_folder(Path(out))
     parts = ["# QLoRA seed experiments: report", "",
              "Written by `qlora-harness report` from: " + ", ".join(f"`{f}`" for f in folders) + ". Memory in GiB; "
-             "each plot is drawn from the table above it. Estimates are arithmetic (harness/estimate.py), "
+             "each plot is drawn from the table above it. Estimates are arithmetic (harness/measure/estimate.py), "
              "measured figures come from the runs; — marks a figure not measured (VRAM needs a GPU). The estimate assumes "
              "a step in training mode: the eval-mode trap shows as the gap between the two.", ""]
     charts, drawn = [], {}
-    for text, section_charts in sections:
-        parts.append(text)
-        for chart in section_charts:
-            drawn[chart.name] = draw(chart, out / f"{chart.name}.png")
-            parts += [f"### {chart.title}", "", chart.table(), f"![{chart.title}]({chart.name}.png)", ""]
-            charts.append(chart)
-    path = out / "report.md"
-    write_text(path, "\n".join(parts) + "\n")
-    return Report(path, charts, drawn)
+    with staged_folder(out) as stage:  # the folder as a whole: an interrupted report leaves the previous one
+        for text, section_charts in sections:
+            parts.append(text)
+            for chart in section_charts:
+                drawn[chart.name] = draw(chart, stage / f"{chart.name}.png")
+                parts += [f"### {chart.title}", "", chart.table(), f"![{chart.title}]({chart.name}.png)", ""]
+                charts.append(chart)
+        write_text(stage / "report.md", "\n".join(parts) + "\n")
+    return Report(out / "report.md", charts, drawn)
+
+
+REPORT_FILES = ("report.md", "*.png")
+
+
+def check_report_folder(out: Path) -> Path:
+    """Return out once it can take a report: missing, empty, or a report folder (report.md and PNGs only), which the
+    new report replaces as a whole; raise if it holds other files, which replacing it would delete."""
+    check_folder(out, "--out")
+    if out.is_dir():
+        own = {p for pattern in REPORT_FILES for p in out.glob(pattern)}
+        other = sorted(p.name for p in out.iterdir() if p not in own)
+        if other:
+            raise HarnessError(f"--out {out} holds files a report does not write ({', '.join(other[:3])}"
+                               f"{', ...' if len(other) > 3 else ''}); the report replaces its folder as a whole: "
+                               "give an empty folder or an earlier report's")
+    return out

@@ -91,13 +91,16 @@ def get_experiment(name: str) -> Experiment:
     return EXPERIMENTS[name]
 
 
-def for_recipe(path: str | Path) -> Experiment:
-    """Return the experiment a recipe file belongs to (by its file name), or raise naming the seed recipes."""
+def for_recipe(path: str | Path, recipe=None) -> Experiment:
+    """Return the experiment a recipe file belongs to: by the recipe's name (an edited copy keeps it) or its file name;
+    raise naming the seed recipes."""
     path = Path(path)
-    found = [e for e in EXPERIMENTS.values() if e.recipe == path.name]
+    found = [e for e in EXPERIMENTS.values() if recipe is not None and e.name == recipe.name]
+    found = found or [e for e in EXPERIMENTS.values() if e.recipe == path.name]
     if not found:
         raise HarnessError(f"recipe {path} is not a seed experiment's; `qlora-harness run` takes one of "
-                           f"{', '.join('recipes/' + e.recipe for e in EXPERIMENTS.values())}")
+                           f"{', '.join('recipes/' + e.recipe for e in EXPERIMENTS.values())} (or an edited copy of "
+                           "one that keeps its name:)")
     return found[0]
 
 

@@ -12,10 +12,11 @@ from harness.checks import inputs, train
 from harness.families import DUAL_ENCODER, FamilySpec, get_family
 from harness.model import load
 from harness.util.errors import HarnessError
+from harness.util.resources import data_path
 
 from . import shapes
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "checkpoints"
+FIXTURES = data_path("checkpoints")  # shipped in the wheel (harness/data/checkpoints)
 TRAINED_META = "shapes.json"  # written by fixtures/train_tiny.py into each trained checkpoint
 EVAL_SEED, EVAL_COUNT = 10_000, 48  # held-out scenes (training draws seeds 0..steps); 48 = 4 x every colour x shape
 

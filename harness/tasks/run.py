@@ -39,11 +39,12 @@ def stderr(message: str) -> None:
 
 def run_experiment(exp: experiments.Experiment, size: str, out_dir: Path, cache_dir: Path,
                    device: str | None = None, progress: Callable[[str], None] = stderr,
-                   model_sizes: list[str] | None = None) -> Path:
+                   model_sizes: list[str] | None = None, recipe_path: Path | None = None) -> Path:
     """Run every arm of an experiment at a size ('tiny' or 'full'); return the results JSON written in out_dir.
 
     model_sizes, if given, runs only those of the experiment's model sizes (a long ablation split over sessions);
-    the file name then carries them, so each part keeps its own results.
+    the file name then carries them, so each part keeps its own results. recipe_path, if given, is the recipe file
+    run instead of the experiment's own (an edited copy); it must be of the experiment's family.
     """
     experiments.check_size(size)
     chosen = list(exp.sizes[size])
@@ -56,9 +57,13 @@ def run_experiment(exp: experiments.Experiment, size: str, out_dir: Path, cache_
     device = device or ("cuda" if env.has_cuda() else "cpu")
     if size == "full" and device != "cuda":
         raise HarnessError(f"{exp.name} at full size needs a CUDA GPU, found none; run --size tiny on CPU")
-    base = load_recipe(exp.recipe_path)
+    base = load_recipe(recipe_path or exp.recipe_path)
+    family = load_recipe(exp.recipe_path).family
+    if base.family != family:
+        raise HarnessError(f"{recipe_path}: {exp.name} runs family {family}, the recipe is of {base.family}; "
+                           f"start from recipes/{exp.recipe}")
     settings = {k: getattr(exp, k)[size] for k in ("batch_sizes", "steps", "grad_accum", "warmup_steps")}
-    result = {"experiment": exp.name, "title": exp.title, "recipe": f"recipes/{exp.recipe}", "kind": exp.kind,
+    result = {"experiment": exp.name, "title": exp.title, "recipe": str(recipe_path) if recipe_path else f"recipes/{exp.recipe}", "kind": exp.kind,
               "size": size, "device": device, "gpu": env.gpu_fingerprint() if device == "cuda" else None,
               "versions": env.library_versions(),
               "settings": {**settings, "schedule": exp.schedule, "tasks": list(exp.tasks), "grid": exp.grid},

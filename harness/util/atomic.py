@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from .errors import HarnessError
 from .redact import scrub
 
 PARTIAL = ".partial"  # suffix of a folder being filled
@@ -39,6 +40,29 @@ def write_text(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_folder(path: Path, what: str) -> Path:
+    """Return path once it is a folder this process can write in, or one it can create; raise naming the problem.
+
+    Called before the work that fills the folder, so that a wrong --out fails in a second, not after the run.
+    """
+    path = Path(path).expanduser()
+    if path.exists() and not path.is_dir():
+        raise HarnessError(f"{what} {path} is a file, not a folder; give a folder (it is created if missing)")
+    probe = path
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise HarnessError(f"{what} {path}: {probe} is a file, so no folder can be made under it; give another folder")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=probe, prefix=".qlora-harness-probe-")
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise HarnessError(f"{what} {path}: cannot write in {probe} ({e.strerror or e}); give a folder you can "
+                           "write to") from None
+    return path
 
 
 def write_json(path: Path, data) -> None:
@@ -71,3 +95,14 @@ def staged_folder(final: Path) -> Iterator[Path]:
 def leftovers(folder: Path, name: str) -> list[Path]:
     """Return the temporary files and folders an interrupted write of folder/name left behind."""
     return sorted(Path(folder).glob(f".{glob.escape(name)}.*"))
+
+
+def copy_redacted(stream, path: Path) -> None:
+    """Copy a text stream (a child process's output) line by line into the log at path, secrets redacted as they pass:
+    a log is a file the harness writes like any other, and a crash midway leaves no secret in it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", errors="replace") as log:
+        for line in stream:
+            log.write(scrub(line))
+            log.flush()

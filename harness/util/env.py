@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import platform
 
-LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "unsloth")
+LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "unsloth")
 
 
 def library_versions() -> dict[str, str | None]:
@@ -35,3 +35,22 @@ def gpu_fingerprint() -> str | None:
     name = "-".join(props.name.lower().replace("nvidia", "nvidia ").split())
     gib = round(props.total_memory / 2**30)
     return f"{name}-{gib}gib-cuda{torch.version.cuda}"
+
+
+def visible_gpus(environ=None, smi=None) -> list[str]:
+    """Return the CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them, without initialising CUDA
+    (so a process can still be pinned to one of them afterwards). environ and smi (the output of `nvidia-smi -L`)
+    default to this process's environment and to asking nvidia-smi."""
+    import os
+    import subprocess
+
+    environ = os.environ if environ is None else environ
+    given = environ.get("CUDA_VISIBLE_DEVICES")
+    if given is not None:
+        return [d.strip() for d in given.split(",") if d.strip() and d.strip() != "-1"]
+    if smi is None:
+        try:
+            smi = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        except (OSError, subprocess.SubprocessError):
+            return []
+    return [str(i) for i, line in enumerate(line for line in smi.splitlines() if line.startswith("GPU "))]

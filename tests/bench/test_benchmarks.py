@@ -37,8 +37,6 @@ def _settings(case, **more) -> dict:
 
 
 def test_model_load(timed, case, cache_dir, peak_vram):
-    folder = pipeline.checkpoint_of(case, cache_dir, device="cuda")
-
     def load_and_free():
         model = load.load_model(folder, case.family, case.recipe, device="cuda")
         static = probe.static_memory()["allocated_bytes"]
@@ -46,7 +44,8 @@ def test_model_load(timed, case, cache_dir, peak_vram):
         probe.release()
         return static
 
-    static = timed.pedantic(load_and_free, rounds=2, warmup_rounds=1)
+    with pipeline.reading(case, cache_dir, device="cuda") as folder:
+        static = timed.pedantic(load_and_free, rounds=2, warmup_rounds=1)
     timed.extra_info.update(_settings(case, static_allocated_bytes=static, peak_allocated_bytes=peak_vram()))
     assert static > 0
 

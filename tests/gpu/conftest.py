@@ -2,20 +2,53 @@
 
 Full-size synthetic checkpoints are built on the GPU, loaded in 4-bit through from_pretrained, and
 profiled once per case: static VRAM, training steps at three batch sizes, OOM recorded rather than fatal.
-One full-size model is held at a time; it is freed before the next case loads.
+One full-size model is held at a time per process; it is freed before the next case loads.
+
+Several processes may share one GPU (`pytest -m gpu -n 4`, as .ci/gpu-run does): memory figures are per process
+and relative to what the process held before the load, so each case measures the same as in a serial run. Each
+case's tests form one xdist group (its profile is computed once, in one worker); checkpoints are built once per
+cache and evicted, least recently used first, when the disk needs room (harness.model.disk).
 """
 from __future__ import annotations
 
-import shutil
+import time
 
 import pytest
 
 from harness.measure import baselines, probe, variants
 from harness.measure.matrix import COMPARISONS, GPU_MATRIX, UNSLOTH_CASES
-from harness.model import pipeline
+from harness.model import disk, pipeline
+from harness.plugin import phases
 from harness.recipe import default_recipe
 from harness.util import env
 from harness.util.units import parse_bytes
+
+
+def xdist_group_of(item) -> str | None:
+    """Return the group whose tests must share a worker: one case's profile, one comparison, one Unsloth run."""
+    params = item.callspec.params if hasattr(item, "callspec") else {}
+    if "gpu_case" in params:
+        return f"gpu-{params['gpu_case'][0].id}"
+    if "comparison_set" in params:
+        family, size = params["comparison_set"][:2]
+        return f"comparison-{family}-{size}"
+    if "record" in params:  # test_unsloth's module fixture: (family, size, batch sizes)
+        family, size = params["record"][:2]
+        return f"unsloth-{family}-{size}"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        group = xdist_group_of(item) if "gpu" in str(item.fspath) else None
+        if group and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
+def _record_phases(profile) -> None:
+    phases.add("loads", profile.figures["load_time_s"])
+    phases.add("measured steps", sum((s.step_time_ms or 0) + (s.warmup_time_ms or 0) for s in profile.steps) / 1000)
 
 
 def gpu_cases():
@@ -61,9 +94,10 @@ def gpu_profile(gpu_case, cuda, budget, cache_dir, pytestconfig):
         _Held.profile = None
         probe.release()
         if _Held.checkpoint is not None and pytestconfig.getoption("--evict-checkpoints"):
-            shutil.rmtree(_Held.checkpoint, ignore_errors=True)
+            disk.try_evict(_Held.checkpoint)  # unless another worker is reading it
         _Held.profile = profile_case(case, batch_sizes, cache_dir, budget=budget)
         _Held.key, _Held.checkpoint = case.id, _Held.profile.checkpoint
+        _record_phases(_Held.profile)
     return _Held.profile
 
 
@@ -81,6 +115,7 @@ def comparison(comparison_set, cuda, budget, cache_dir) -> dict:
         variant = variants.get_variant(name)
         case = pipeline.case(family, size, variants.derive(base, variant), variant=name)
         profiles[name] = profile_case(case, batch_sizes, cache_dir, training=variant.training, budget=budget)
+        _record_phases(profiles[name])
     return profiles
 
 
@@ -91,7 +126,7 @@ def baseline_problems(pytestconfig, cuda):
     No baseline for this GPU: the test skips, saying how to create one. Never a silent pass.
     """
     fingerprint = env.gpu_fingerprint()
-    root = pytestconfig.getoption("--baselines-dir") or baselines.BASELINES_DIR
+    root = pytestconfig.getoption("--baselines-dir") or baselines.project_baselines(pytestconfig.rootpath)
     results = pytestconfig.getoption("--results-dir")
 
     def check(record: dict) -> list[str]:
@@ -124,11 +159,13 @@ def unsloth_profile_of(cuda, cache_dir, tmp_path_factory):
         if (family, size) not in records:
             sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
             case = pipeline.case(family, size, default_recipe(family))
-            folder = pipeline.checkpoint_of(case, cache_dir, device="cuda")
             _Held.profile, _Held.key = None, None
             probe.release()
             out = tmp_path_factory.mktemp("unsloth") / f"{family}-{size}.json"
-            records[(family, size)] = unsloth_backend.run_isolated(family, size, folder, sizes, out)
+            with pipeline.reading(case, cache_dir, device="cuda") as folder:  # the child loads it
+                start = time.perf_counter()
+                records[(family, size)] = unsloth_backend.run_isolated(family, size, folder, sizes, out)
+                phases.add("unsloth", time.perf_counter() - start)
         return records[(family, size)]
 
     return run

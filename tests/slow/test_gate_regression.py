@@ -77,10 +77,10 @@ def test_a_candidate_that_quantizes_the_vision_tower_and_breaks_lora_init_fails_
     failed = {r["check"]: r for r in result["rows"] if r["status"] == "fail"}
     assert status == 1 and result["verdict"] == "fail"
     vision = failed["role vision_tower (16bit, frozen)"]
-    assert vision["message"].startswith("vision tower of qwen2.5-vl-tiny-nf4-dq-r8: expected 16-bit, found 10 Linear4bit modules")
+    assert vision["message"].startswith("vision tower of qwen2.5-vl-tiny-nf4-dq-r8-qwen-vision-tower-16bit: expected 16-bit, found 10 Linear4bit modules")
     assert vision["message"].endswith("(reference: 16-bit (10 Linear), frozen)")
     assert failed["zero-init LoRA leaves logits unchanged"]["message"].startswith(
-        "zero-initialised LoRA of qwen2.5-vl-tiny-nf4-dq-r8: expected the base model's logits unchanged, found max |Δ|")
+        "zero-initialised LoRA of qwen2.5-vl-tiny-nf4-dq-r8-qwen-vision-tower-16bit: expected the base model's logits unchanged, found max |Δ|")
     assert "logits" in failed
     for kept in ("role language_backbone (4bit, lora)", "trainable params", "every LoRA parameter gets a gradient"):
         assert kept not in failed

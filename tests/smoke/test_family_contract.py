@@ -1,7 +1,7 @@
 """A newcomer's family: a toy spec written here, registered for the test, run through every family-generic check.
 
 This is what adding a family takes (README "Adding a family"): a FamilySpec with its configs, roles, processor
-writer and inputs contract, one line in harness/families/__init__.py's FAMILIES, and a recipe under recipes/. The
+writer and inputs contract, one line in harness/families/__init__.py's FAMILIES, and a recipe under harness/data/recipes/. The
 toy is plain LLaVA (a CLIP tower, a two-layer projector and a Llama language model), which no module in harness/
 knows; nothing outside this file changes for it.
 """

@@ -2,16 +2,16 @@
 additional_special_tokens) reads back as the same model settings as what save_pretrained wrote."""
 import copy
 import json
-from pathlib import Path
 
 import pytest
 import transformers
 
 from harness.families import get_family
 from harness.model import layout
+from harness.tasks import learn
 from harness.util.errors import HarnessError
 
-FIXTURES = Path(__file__).resolve().parents[2] / "fixtures" / "checkpoints"
+FIXTURES = learn.FIXTURES  # shipped with the package: harness/data/checkpoints
 
 
 def _tiny_config(family_name: str, rope_theta: float):

@@ -3,7 +3,7 @@ import pytest
 import yaml
 
 from harness.families import FAMILIES
-from harness.recipe import default_recipe, load_recipe, parse_recipe
+from harness.recipe import RECIPES_DIR, default_recipe, load_recipe, parse_recipe
 from harness.util.errors import HarnessError
 
 
@@ -24,7 +24,7 @@ def test_the_vlm_default_mirrors_the_seed_work():
 
 
 def base(**changes):
-    data = yaml.safe_load(open("recipes/qwen2.5-vl.yaml"))
+    data = yaml.safe_load((RECIPES_DIR / "qwen2.5-vl.yaml").read_text())
     for dotted, value in changes.items():
         section, _, key = dotted.partition("__")
         if key:
@@ -58,4 +58,4 @@ def test_a_recipe_file_round_trips(tmp_path):
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(base(lora__r=8)))
     recipe = load_recipe(path)
-    assert recipe.lora.r == 8 and recipe.test_id("tiny") == "qwen2.5-vl-tiny-nf4-dq-r8"
+    assert recipe.lora.r == 8 and recipe.test_id("tiny") == "qwen2.5-vl-tiny-nf4-dq-r8-qwen2.5-vl-qlora"

@@ -10,8 +10,10 @@ import socket
 import subprocess
 import sys
 import weakref
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from harness import cli, doctor
@@ -20,12 +22,12 @@ from harness.families import get_family
 from harness.measure import baselines
 from harness.model import load, lora, pipeline, synth
 from harness.model.generate import greedy
-from harness.plugin import isolation
+from harness.plugin import cases, isolation
 from harness.recipe import RECIPES_DIR, default_recipe
 from harness.util import atomic
 from harness.util.errors import HarnessError
 
-ROOT = RECIPES_DIR.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout, where pytest.ini and the root conftest are
 
 
 def run_cli(capsys, *argv) -> tuple[int, str]:
@@ -170,8 +172,8 @@ def test_a_baseline_from_other_versions_is_compared_and_a_mismatch_says_which_di
     assert same.endswith("(same versions)")
 
 
-def test_every_stored_baseline_was_recorded_on_the_gpu_its_folder_names():
-    paths = sorted(baselines.BASELINES_DIR.glob("*/*.json"))
+def test_every_stored_baseline_was_recorded_on_the_gpu_its_folder_names(pytestconfig):
+    paths = sorted(baselines.project_baselines(pytestconfig.rootpath).glob("*/*.json"))
     assert paths
     for path in paths:
         assert baselines.read_baseline(path)["gpu"] == path.parent.name, path
@@ -205,11 +207,17 @@ def test_skips_say_what_is_missing():
     assert doctor.missing("bitsandbytes") is None  # installed here: the smoke tier runs
 
 
-def test_each_case_is_scheduled_as_one_xdist_group(case, request):
-    (group,) = request.node.iter_markers("xdist_group")
-    assert group.args == (case.id,)
-    if os.environ.get("PYTEST_XDIST_WORKER"):  # under -n N the worker names the test by its group, to schedule it
-        assert request.node.nodeid.endswith(f"@{case.id}")
+def test_each_case_loads_once_per_worker(case, qlora, qlora_loads):
+    # Serially and in each pytest-xdist worker alike; with --dist loadgroup a case's tests also share one worker
+    # (its xdist_group mark), which tests/slow/test_install.py counts across workers.
+    assert qlora_loads[case.id] == 1
+
+
+def test_a_case_loaded_twice_or_in_two_workers_is_named():
+    assert cases.spread_problems([("gw0", "a", 1), ("gw1", "b", 1)]) == []
+    assert cases.spread_problems([("gw0", "a", 2)]) == ["a: expected one load per worker, found 2 in gw0"]
+    (problem,) = cases.spread_problems([("gw0", "a", 1), ("gw1", "a", 1)])
+    assert problem.startswith("a: expected its tests in one worker (one load), found loads in 2 workers: gw0, gw1")
 
 
 # --- Fault isolation: a crash mid-write leaves the previous file or folder intact and nothing temporary behind.
@@ -286,7 +294,14 @@ def test_a_killed_build_leaves_a_staging_folder_that_the_next_build_sweeps(tmp_p
     stale = tmp_path / "checkpoints" / f".qwen2.5-tiny-{key}.k1ll3d{atomic.PARTIAL}"
     stale.mkdir(parents=True)
     (stale / "model.safetensors").write_text("half")
-    monkeypatch.setattr(synth, "_build", lambda family, size, out, seed, device: (out / synth.MARKER).write_text("{}"))
+
+    def build(family, size, out, seed, device):  # whole weights (a header the size of the file) and the marker
+        from safetensors.torch import save_file
+
+        save_file({"x": torch.zeros(1)}, str(out / "model.safetensors"))
+        (out / synth.MARKER).write_text("{}")
+
+    monkeypatch.setattr(synth, "_build", build)
 
     folder = synth.synthetic_checkpoint(family, "tiny", tmp_path)
 
