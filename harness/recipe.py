@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from harness import literal
 from harness.families import ROLE_ORDER, get_family
 from harness.util.errors import HarnessError, did_you_mean
 
@@ -51,6 +52,9 @@ class Training:
     learning_rate: float = 2e-4
     prepare_for_kbit_training: bool = False  # peft's helper upcasts non-quantized weights to fp32
     gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
+    # as the user's script passes it; None: left out (a literal recipe gets the library's default, a shorthand
+    # recipe the harness's {use_reentrant: false})
+    gradient_checkpointing_kwargs: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -70,13 +74,29 @@ class Recipe:
     expect: dict[str, Expectation] = field(default_factory=dict)
     trust_remote_code: bool = False  # run Python code shipped with a checkpoint: only for a source you trust
     allow_pickle: bool = False  # load pickle weights (pytorch_model.bin), which can run code: safetensors only otherwise
+    # Literal library calls (harness.literal): keyword arguments exactly as the user's script writes them. When
+    # given, they are the calls made; quantization and lora then hold what the installed library makes of them.
+    load: dict | None = None  # from_pretrained
+    bitsandbytes: dict | None = None  # BitsAndBytesConfig
+    peft: dict | None = None  # LoraConfig
     source: str = ""  # the file it came from
+
+    @property
+    def lora_roles(self) -> tuple[str, ...]:
+        """Return the roles that may carry LoRA: the shorthand's target roles, or those the expectations say train it."""
+        return self.lora.target_roles or tuple(r for r, e in self.expect.items() if e.train == "lora")
+
+    @property
+    def literal(self) -> tuple[str, ...]:
+        """Return the sections this recipe states as literal library calls."""
+        return tuple(s for s in literal.SECTIONS if getattr(self, s) is not None)
 
     def test_id(self, size: str) -> str:
         """Return a readable id such as 'qwen2.5-vl-tiny-nf4-dq-r64'."""
         q = self.quantization
         quant = f"{q.quant_type}{'-dq' if q.double_quant else ''}" if q.load_in_4bit else "bf16"
-        return f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}"
+        mark = "-literal" if self.literal else ""
+        return f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}{mark}"
 
     def replace(self, **sections: dict[str, Any]) -> "Recipe":
         """Return a copy with fields of the named sections replaced, e.g. replace(lora={'r': 8})."""
@@ -148,18 +168,44 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
     if not isinstance(expect_data, dict):
         raise HarnessError(f"{source}: expect: expected a mapping of role to {{weights, train}}, found {type(expect_data).__name__}")
     expect = {role: _section(Expectation, exp, source, f"expect.{role}") for role, exp in expect_data.items()}
+    calls = _literal_sections(data, source)
+    quantization = _section(Quantization, data.get("quantization", {}), source, "quantization")
+    lora = _section(Lora, data.get("lora", {}), source, "lora")
+    if "bitsandbytes" in data or "load" in data:  # what the literal calls amount to in the installed library
+        quantization = Quantization(**literal.effective_quantization(calls.get("bitsandbytes")))
+    if "peft" in data:
+        lora = _literal_lora(calls["peft"], source)
     recipe = Recipe(
         name=str(data["name"]),
         family=data["family"],
-        quantization=_section(Quantization, data.get("quantization", {}), source, "quantization"),
-        lora=_section(Lora, data.get("lora", {}), source, "lora"),
+        quantization=quantization,
+        lora=lora,
         training=_section(Training, data.get("training", {}), source, "training"),
         expect=expect,
         source=source,
+        **calls,
         **scalars,
     )
     validate(recipe)
     return recipe
+
+
+def _literal_sections(data: dict, source: str) -> dict:
+    """Return the literal sections of parsed YAML, checked against the installed libraries."""
+    for shorthand, literal_name in (("quantization", "bitsandbytes"), ("lora", "peft")):
+        if shorthand in data and literal_name in data:
+            raise HarnessError(f"{source}: both {shorthand}: and {literal_name}: are given; a recipe states the call "
+                               f"once: keep {literal_name}: (the keyword arguments as your script writes them) or "
+                               f"{shorthand}: (the harness's shorthand)")
+    folder = Path(source).parent if source and not source.startswith("<") else None
+    return {name: literal.parse_section(name, data[name], source, folder) for name in literal.SECTIONS if name in data}
+
+
+def _literal_lora(kwargs: dict, source: str) -> Lora:
+    try:
+        return Lora(**literal.effective_lora(kwargs))
+    except (TypeError, ValueError) as e:  # LoraConfig's own checks of its arguments
+        raise HarnessError(f"{source}: peft: LoraConfig refuses these arguments: {e}") from None
 
 
 def _choice(value, allowed, what: str, where: str) -> None:
@@ -183,7 +229,7 @@ def validate(recipe: Recipe) -> None:
         raise HarnessError(f"{where}: lora.alpha must be positive, found {lora.alpha!r}")
     if not 0 <= lora.dropout < 1:
         raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
-    if not lora.target_modules:
+    if not lora.target_modules and recipe.peft is None:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
     if t.gpu_budget is not None:
         from harness.util.units import parse_bytes
@@ -191,6 +237,9 @@ def validate(recipe: Recipe) -> None:
         parse_bytes(t.gpu_budget)
     if t.batch_size < 1 or t.seq_len < 1 or t.image_size < 1:
         raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
+    if t.gradient_checkpointing_kwargs is not None and not isinstance(t.gradient_checkpointing_kwargs, dict):
+        raise HarnessError(f"{where}: training.gradient_checkpointing_kwargs must be a mapping such as "
+                           f"{{use_reentrant: false}}, found {t.gradient_checkpointing_kwargs!r}")
     for what, names in (("quantization.keep_16bit", q.keep_16bit), ("lora.target_roles", lora.target_roles),
                         ("expect", tuple(recipe.expect))):
         for role in names:
@@ -198,6 +247,8 @@ def validate(recipe: Recipe) -> None:
     for role, exp in recipe.expect.items():
         _choice(exp.weights, WEIGHTS, f"expect.{role}.weights", where)
         _choice(exp.train, TRAIN, f"expect.{role}.train", where)
+        if recipe.literal:
+            continue  # literal calls: the expectations are judged against what the library builds, not the recipe
         if exp.weights == "4bit" and (not q.load_in_4bit or role in q.keep_16bit):
             raise HarnessError(f"{where}: expect.{role}.weights is 4bit, but the recipe keeps {role} 16-bit "
                                f"({'load_in_4bit is false' if not q.load_in_4bit else 'quantization.keep_16bit lists it'})")
