@@ -78,6 +78,23 @@ def _report(args) -> int:
     return 0
 
 
+def _recipe_show(args) -> int:
+    from harness.families import get_family
+    from harness.model import calls, lora
+    from harness.model.load import meta_model
+    from harness.model.synth import make_config
+    from harness.recipe import load_recipe
+
+    recipe = load_recipe(args.file)
+    family = get_family(recipe.family)
+    skeleton = meta_model(family, make_config(family, "tiny"))  # module names only: the same at every size
+    targets = None if recipe.peft is not None else lora.lora_targets(skeleton, family, recipe)
+    print(f"# {recipe.source}: the calls this recipe makes "
+          f"({'literal: ' + ', '.join(recipe.literal) if recipe.literal else 'compiled from the shorthand sections'})")
+    print(calls.python_source(recipe, family, calls.compile_calls(recipe, family, skeleton), targets), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="qlora-harness", description="QLoRA validation and benchmark harness")
@@ -118,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "the config alone (meta device, nothing loaded); exit 1 when nothing fits")
     fit.add_arguments(p)
     p.set_defaults(run=fit.run)
+    p = sub.add_parser("recipe", help="what a recipe does: `recipe show FILE` prints the Python calls it makes")
+    verbs = p.add_subparsers(dest="verb", required=True)
+    show = verbs.add_parser("show", help="print the from_pretrained / BitsAndBytesConfig / LoraConfig calls as Python")
+    show.add_argument("file", help="a recipe YAML file")
+    show.set_defaults(run=_recipe_show)
     p = sub.add_parser("report", help="turn saved results into report.md with PNG plots")
     p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
     p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")

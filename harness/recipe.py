@@ -10,9 +10,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from harness import literal
 from harness.families import ROLE_ORDER, get_family
 from harness.util.errors import HarnessError, did_you_mean, shorten
-from harness.util.resources import data_path
 from harness.util.yaml_load import load_yaml_file
 
 QUANT_TYPES = ("nf4", "fp4")
@@ -57,6 +57,9 @@ class Training:
     gpu_budget: str | None = None  # e.g. "16GiB": GPU steps of this recipe run capped, as on a card that size
     trainer: str = "harness"  # "trl": the user trains with TRL's SFTTrainer, configured by sft_config
     sft_config: dict | None = None  # TRL SFTConfig keyword arguments, as the user writes them
+    # as the user's script passes it; None: left out (a literal recipe gets the library's default, a shorthand
+    # recipe the harness's {use_reentrant: false})
+    gradient_checkpointing_kwargs: dict | None = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,22 @@ class Recipe:
     expect: dict[str, Expectation] = field(default_factory=dict)
     trust_remote_code: bool = False  # run Python code shipped with a checkpoint: only for a source you trust
     allow_pickle: bool = False  # load pickle weights (pytorch_model.bin), which can run code: safetensors only otherwise
+    # Literal library calls (harness.literal): keyword arguments exactly as the user's script writes them. When
+    # given, they are the calls made; quantization and lora then hold what the installed library makes of them.
+    load: dict | None = None  # from_pretrained
+    bitsandbytes: dict | None = None  # BitsAndBytesConfig
+    peft: dict | None = None  # LoraConfig
     source: str = ""  # the file it came from
+
+    @property
+    def lora_roles(self) -> tuple[str, ...]:
+        """Return the roles that may carry LoRA: the shorthand's target roles, or those the expectations say train it."""
+        return self.lora.target_roles or tuple(r for r, e in self.expect.items() if e.train == "lora")
+
+    @property
+    def literal(self) -> tuple[str, ...]:
+        """Return the sections this recipe states as literal library calls."""
+        return tuple(s for s in literal.SECTIONS if getattr(self, s) is not None)
 
     def test_id(self, size: str) -> str:
         """Return a readable id such as 'qwen2.5-vl-tiny-nf4-dq-r64'; a recipe not shipped in recipes/ adds its name.
@@ -87,6 +105,7 @@ class Recipe:
         q = self.quantization
         quant = f"{q.quant_type}{'-dq' if q.double_quant else ''}" if q.load_in_4bit else "bf16"
         base = f"{self.family}-{size}-{quant}-r{self.lora.r}{'-dora' if self.lora.use_dora else ''}"
+        base += "-literal" if self.literal else ""
         return base if self.shipped else f"{base}-{slug(self.name)}"
 
     @property
@@ -215,15 +234,23 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
             raise HarnessError(f"{source}: expect: a role is a name such as vision_tower, found {shorten(role)!r}")
     expect = {role: _section(Expectation, exp, source, f"expect.{role}") for role, exp in expect_data.items()}
     defaults = family_defaults(family)
+    calls = _literal_sections(data, source)
+    quantization = _section(Quantization, _or_empty(data, "quantization"), source, "quantization",
+                            defaults.get("quantization"))
+    lora = _section(Lora, _or_empty(data, "lora"), source, "lora", defaults.get("lora"))
+    if "bitsandbytes" in data or "load" in data:  # what the literal calls amount to in the installed library
+        quantization = Quantization(**literal.effective_quantization(calls.get("bitsandbytes")))
+    if "peft" in data:
+        lora = _literal_lora(calls["peft"], source)
     recipe = Recipe(
         name=str(name),
         family=data["family"],
-        quantization=_section(Quantization, _or_empty(data, "quantization"), source, "quantization",
-                              defaults.get("quantization")),
-        lora=_section(Lora, _or_empty(data, "lora"), source, "lora", defaults.get("lora")),
+        quantization=quantization,
+        lora=lora,
         training=_section(Training, _or_empty(data, "training"), source, "training"),
         expect=expect,
         source=source,
+        **calls,
         **scalars,
     )
     validate(recipe)
@@ -232,6 +259,24 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
 
 def _or_empty(data: dict, key: str):
     return {} if data.get(key, {}) is None else data.get(key, {})  # `lora:` with nothing under it: the defaults
+
+
+def _literal_sections(data: dict, source: str) -> dict:
+    """Return the literal sections of parsed YAML, checked against the installed libraries."""
+    for shorthand, literal_name in (("quantization", "bitsandbytes"), ("lora", "peft")):
+        if shorthand in data and literal_name in data:
+            raise HarnessError(f"{source}: both {shorthand}: and {literal_name}: are given; a recipe states the call "
+                               f"once: keep {literal_name}: (the keyword arguments as your script writes them) or "
+                               f"{shorthand}: (the harness's shorthand)")
+    folder = Path(source).parent if source and not source.startswith("<") else None
+    return {name: literal.parse_section(name, data[name], source, folder) for name in literal.SECTIONS if name in data}
+
+
+def _literal_lora(kwargs: dict, source: str) -> Lora:
+    try:
+        return Lora(**literal.effective_lora(kwargs))
+    except (TypeError, ValueError) as e:  # LoraConfig's own checks of its arguments
+        raise HarnessError(f"{source}: peft: LoraConfig refuses these arguments: {e}") from None
 
 
 def _choice(value, allowed, what: str, where: str) -> None:
@@ -271,9 +316,9 @@ def validate(recipe: Recipe) -> None:
         raise HarnessError(f"{where}: lora.dropout must be in [0, 1), found {lora.dropout!r}")
     _number(t.learning_rate, "training.learning_rate", where, 0, 1.0, low_open=True)
     _choice(t.optimizer, OPTIMIZERS, "training.optimizer", where)
-    if not lora.target_modules:
+    if not lora.target_modules and recipe.peft is None:
         raise HarnessError(f"{where}: lora.target_modules is empty; name the Linear layers to adapt, e.g. [q_proj, v_proj]")
-    if not lora.target_roles:
+    if not lora.target_roles and recipe.peft is None:
         raise HarnessError(f"{where}: lora.target_roles is empty, so nothing would be adapted; name roles of family "
                            f"{family.name}: {', '.join(roles)}")
     _choice(t.trainer, TRAINERS, "training.trainer", where)
@@ -296,6 +341,9 @@ def validate(recipe: Recipe) -> None:
             raise HarnessError(f"{where}: training.batch_size, seq_len and image_size must be positive")
         if value > high:
             raise HarnessError(f"{where}: training.{what} is {value:,}, above {high:,}; no supported model takes that")
+    if t.gradient_checkpointing_kwargs is not None and not isinstance(t.gradient_checkpointing_kwargs, dict):
+        raise HarnessError(f"{where}: training.gradient_checkpointing_kwargs must be a mapping such as "
+                           f"{{use_reentrant: false}}, found {t.gradient_checkpointing_kwargs!r}")
     for what, names in (("quantization.keep_16bit", q.keep_16bit), ("lora.target_roles", lora.target_roles),
                         ("expect", tuple(recipe.expect))):
         for role in names:
@@ -303,6 +351,8 @@ def validate(recipe: Recipe) -> None:
     for role, exp in recipe.expect.items():
         _choice(exp.weights, WEIGHTS, f"expect.{role}.weights", where)
         _choice(exp.train, TRAIN, f"expect.{role}.train", where)
+        if recipe.literal:
+            continue  # literal calls: the expectations are judged against what the library builds, not the recipe
         if exp.weights == "4bit" and (not q.load_in_4bit or role in q.keep_16bit):
             raise HarnessError(f"{where}: expect.{role}.weights is 4bit, but the recipe keeps {role} 16-bit "
                                f"({'load_in_4bit is false' if not q.load_in_4bit else 'quantization.keep_16bit lists it'})")

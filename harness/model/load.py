@@ -115,19 +115,6 @@ def check_roles(model, family: FamilySpec) -> dict[str, int]:
     return counts
 
 
-def role_roots(model, family: FamilySpec, roles) -> list[str]:
-    """Return the shortest module names that cover exactly the modules of the given roles."""
-    below: dict[str, set] = {}
-    for name, _ in model.named_modules():  # each module's own role and the roles found beneath it
-        role = family.role_of(name) if name else None
-        parts = name.split(".") if name else []
-        for i in range(len(parts) + 1):
-            below.setdefault(".".join(parts[:i]), set()).add(role)
-    wanted = set(roles)
-    pure = {n for n, rs in below.items() if n and len(rs) == 1 and next(iter(rs)) in wanted}
-    return sorted(n for n in pure if n.rpartition(".")[0] not in pure)
-
-
 def check_safetensors(checkpoint: Path, allow_pickle: bool = False) -> None:
     """Raise if a checkpoint has no safetensors weights (naming the pickle files it has and the recipe key that allows
     them), or, with allow_pickle, no weights at all."""
@@ -153,31 +140,12 @@ def require_bitsandbytes() -> None:
                            "pip install 'bitsandbytes>=0.49' (or set quantization.load_in_4bit: false)") from None
 
 
-def bnb_config(recipe: Recipe, skip_modules: list[str]):
-    """Return the BitsAndBytesConfig of a recipe, or None when it loads 16-bit."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    q = recipe.quantization
-    if not q.load_in_4bit:
-        return None
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=q.quant_type,
-        bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
-        bnb_4bit_quant_storage=getattr(torch, q.quant_storage),
-        llm_int8_skip_modules=skip_modules,
-    )
-
-
 def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, device: str = "cpu",
                allow_pickle: bool | None = None, trust_remote_code: bool | None = None):
     """Return the base model loaded from checkpoint per the recipe's quantization, frozen, roles verified.
 
     allow_pickle and trust_remote_code default to the recipe's keys, which default to off.
     """
-    import torch
     import transformers
 
     allow_pickle = recipe.allow_pickle if allow_pickle is None else allow_pickle
@@ -186,15 +154,16 @@ def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, devic
     config = read_config(checkpoint, family)
     if recipe.quantization.load_in_4bit:
         require_bitsandbytes()
+    from . import calls
+
     skeleton = meta_model(family, config)
     check_checkpoint(checkpoint, family, config, allow_pickle, skeleton)
     check_roles(skeleton, family)
-    skip = role_roots(skeleton, family, recipe.quantization.keep_16bit)
+    kwargs = calls.load_kwargs(calls.compile_calls(recipe, family, skeleton))
     del skeleton
     model = getattr(transformers, family.model_class).from_pretrained(
         checkpoint,
-        quantization_config=bnb_config(recipe, skip),
-        dtype=getattr(torch, recipe.quantization.compute_dtype),
+        **kwargs,
         device_map={"": device},
         use_safetensors=not allow_pickle or None,
         trust_remote_code=trust_remote_code,

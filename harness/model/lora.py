@@ -49,27 +49,62 @@ def expected_trainable_params(model, targets: list[str], recipe: Recipe) -> int:
     return total
 
 
+def built_targets(model) -> list[str]:
+    """Return the names of the modules peft put LoRA on (what was built, whatever the config asked)."""
+    from peft.tuners.lora import LoraLayer
+
+    return sorted(name.removeprefix("base_model.model.") for name, m in model.named_modules()
+                  if isinstance(m, LoraLayer) and not is_lora_name(name))
+
+
+def built_trainable_params(model) -> int:
+    """Return the LoRA parameter count the built adapters imply: r*(in+out) per adapted module (+out for DoRA),
+    read from each LoRA layer's own r and features."""
+    from peft.tuners.lora import LoraLayer
+
+    total = 0
+    for name, m in model.named_modules():
+        if isinstance(m, LoraLayer) and not is_lora_name(name):
+            for adapter, r in m.r.items():
+                total += r * (m.in_features + m.out_features)
+                if m.use_dora.get(adapter):
+                    total += m.out_features
+    return total
+
+
 def prepare_for_training(model, recipe: Recipe):
-    """Return the base model made ready for k-bit training as the recipe asks (checkpointing, peft's upcast)."""
-    t = recipe.training
+    """Return the base model made ready for k-bit training as the recipe's calls say (checkpointing, peft's upcast)."""
+    from . import calls
+
+    t, given = recipe.training, calls.checkpointing_kwargs(recipe)
+    kwargs = {} if given is None else {"gradient_checkpointing_kwargs": given}
     if t.prepare_for_kbit_training:
         from peft import prepare_model_for_kbit_training
 
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=t.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
+        return prepare_model_for_kbit_training(model, use_gradient_checkpointing=t.gradient_checkpointing, **kwargs)
     if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.gradient_checkpointing_enable(**kwargs)
     return model
 
 
-def apply_lora(model, family: FamilySpec, recipe: Recipe, targets: list[str] | None = None):
-    """Return a peft model with LoRA on the recipe's targets (B initialised to zero) and the base frozen."""
-    from peft import LoraConfig, get_peft_model
+def lora_config(model, family: FamilySpec, recipe: Recipe, targets: list[str] | None = None):
+    """Return the LoraConfig the recipe makes: its literal peft section as written, or the shorthand's targets."""
+    from peft import LoraConfig
 
+    from . import calls
+
+    if recipe.peft is not None:
+        return LoraConfig(**recipe.peft)
     targets = targets if targets is not None else lora_targets(model, family, recipe)
-    config = LoraConfig(
-        r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-        target_modules=targets, use_rslora=recipe.lora.use_rslora, use_dora=recipe.lora.use_dora, bias="none",
-    )
-    return get_peft_model(model, config)
+    return LoraConfig(**calls.shorthand_lora(recipe, targets))
+
+
+def apply_lora(model, family: FamilySpec, recipe: Recipe, targets: list[str] | None = None):
+    """Return a peft model with LoRA as the recipe's calls say (B initialised to zero unless they say otherwise)."""
+    from peft import get_peft_model
+
+    config = lora_config(model, family, recipe, targets)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:  # peft's own refusal, e.g. target modules that match nothing
+        raise HarnessError(f"LoRA of {family.name}: get_peft_model refuses the recipe's LoraConfig: {e}") from None

@@ -88,12 +88,16 @@ def adapt(c: Case, model, on_prepared=None):
     if c.recipe.backend != "peft":
         raise HarnessError(f"{c.id}: backend {c.recipe.backend!r} runs in a process of its own "
                            "(harness.measure.unsloth_backend), not through the peft pipeline")
-    targets = lora.lora_targets(model, c.family, c.recipe)
-    expected = lora.expected_trainable_params(model, targets, c.recipe)
+    literal = c.recipe.peft is not None
+    targets = None if literal else lora.lora_targets(model, c.family, c.recipe)
+    expected = None if literal else lora.expected_trainable_params(model, targets, c.recipe)
     model = lora.prepare_for_training(model, c.recipe)
     if on_prepared is not None:
         on_prepared(model)
-    return lora.apply_lora(model, c.family, c.recipe, targets), targets, expected
+    model = lora.apply_lora(model, c.family, c.recipe, targets)
+    if literal:  # targets and count from what peft built of the literal LoraConfig
+        targets, expected = lora.built_targets(model), lora.built_trainable_params(model)
+    return model, targets, expected
 
 
 def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:

@@ -25,6 +25,8 @@ def _module_names(family_name: str) -> tuple[tuple[str, bool], ...]:
 
 def check_recipe(recipe: Recipe) -> Recipe:
     """Return the recipe once its LoRA targets match Linear modules of its family's roles; raise naming them if not."""
+    if recipe.peft is not None:
+        return recipe  # literal LoraConfig: what it matches is peft's to decide, judged once built
     family = get_family(recipe.family)
     linear = [name for name, is_linear in _module_names(family.name) if is_linear]
     chosen = [n for n in linear if family.role_of(n) in recipe.lora.target_roles]

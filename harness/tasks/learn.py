@@ -10,7 +10,7 @@ from typing import Callable, Iterable, Iterator, Sequence
 
 from harness.checks import inputs, train
 from harness.families import DUAL_ENCODER, FamilySpec, get_family
-from harness.model import load
+from harness.model import calls
 from harness.util.errors import HarnessError
 from harness.util.resources import data_path
 
@@ -189,7 +189,7 @@ def image_features_cut(model, family: FamilySpec, role: str = "projector"):
     """Within the block, the family's projector (found through its role) outputs zeros: no image reaches the LM."""
     import torch
 
-    roots = load.role_roots(model, family, [role])
+    roots = calls.role_roots(model, family, [role])
     if not roots:
         raise HarnessError(f"{family.name}: no module in role {role!r} to cut the image features at; the family "
                            f"spec's roles are {sorted(family.roles)}; give a role that carries the image features")

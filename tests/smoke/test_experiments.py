@@ -67,6 +67,9 @@ def test_full_size_without_a_gpu_is_refused(tmp_path, capsys):
 def test_estimated_weights_equal_the_loaded_model_s_inventory(qlora):
     # the estimate counts a meta-device model by the recipe's rules; the loaded 4-bit model is the truth
     case = qlora.case
+    if case.recipe.literal:
+        pytest.skip("a literal recipe's 16-bit modules are the library's choice, known once built: the estimate "
+                    "models the shorthand sections")
     counts = estimate.meta_counts(case.family, case.size, case.recipe)
     loaded = memory.inventory_bytes(qlora.model.get_base_model(), case.recipe.quantization.double_quant)
     assert counts["weights_bytes"] == loaded["total"]

@@ -13,7 +13,7 @@ def test_every_role_keeps_the_recipes_expectations(qlora):
 def test_no_lora_outside_the_targeted_roles(qlora):
     report = audit(qlora.model, qlora.case.family, qlora.case.recipe, qlora.case.id)
     for role, found in report.roles.items():
-        if role not in qlora.case.recipe.lora.target_roles:
+        if role not in qlora.case.recipe.lora_roles:
             assert found.lora_modules == [], role
             assert found.trainable_params == 0, role
 
