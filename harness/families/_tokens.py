@@ -64,5 +64,7 @@ def byte_level_tokenizer(specials: Sequence[str], chat_template: str, *, bos: st
     backend.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
     kwargs = {k: v for k, v in (("bos_token", bos), ("eos_token", eos), ("pad_token", pad)) if v}
     named = dict(named or {})
+    # the published tokenizers return input_ids and attention_mask only (4.57's base class adds token_type_ids)
     return PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=chat_template, model_max_length=max_length,
-                                   extra_special_tokens=named, clean_up_tokenization_spaces=False, **kwargs)
+                                   extra_special_tokens=named, clean_up_tokenization_spaces=False,
+                                   model_input_names=["input_ids", "attention_mask"], **kwargs)

@@ -84,16 +84,30 @@ class FamilySpec:
         return [s for s in self.sizes if include_tiny or s != "tiny"]
 
     def unavailable(self, transformers_version: str | None = None) -> str | None:
-        """Return why this family cannot be built under a transformers version (default: the installed one), or None."""
-        if not self.min_transformers:
-            return None
-        if transformers_version is None:
-            import transformers
+        """Return why this family cannot be built under a transformers version (default: the installed one, whose
+        classes must also import), or None."""
+        import transformers
 
-            transformers_version = transformers.__version__
+        installed = transformers_version is None
+        transformers_version = transformers_version or transformers.__version__
         from packaging.version import Version
 
-        if Version(transformers_version) < Version(self.min_transformers):
+        if self.min_transformers and Version(transformers_version) < Version(self.min_transformers):
             return (f"family {self.name} ({self.model_class}) needs transformers >= {self.min_transformers}, "
                     f"found {transformers_version}")
+        if installed:
+            return _import_problem(self, transformers)
         return None
+
+
+def _import_problem(family: FamilySpec, transformers) -> str | None:
+    # e.g. transformers 4.57's SmolVLMProcessor imports its video processor, which needs torchvision
+    for name in (family.config_class, family.model_class, family.processor_class):
+        try:
+            if name and getattr(transformers, name, None) is None:
+                return f"family {family.name}: transformers {transformers.__version__} has no {name}"
+        except Exception as e:  # noqa: BLE001 - the import error is the reason
+            cause = e.__cause__ or e
+            return (f"family {family.name}: transformers {transformers.__version__} cannot import {name} "
+                    f"({type(cause).__name__}: {cause})")
+    return None

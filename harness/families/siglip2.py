@@ -50,8 +50,9 @@ SPEC = FamilySpec(
     published_params={"base-patch16-naflex": 375.2e6, "so400m-patch16-naflex": 1.136e9},  # safetensors counts
     roles={
         "projector": r"(^|\.)(vision_model\.head|text_model\.head)(\.|$)",
-        "vision_tower": r"(^|\.)vision_model(\.|$)",
-        "embeddings": r"(^|\.)text_model\.embeddings(\.|$)",
+        # the patch embedding (a Linear over flattened patches, not CLIP's Conv2d) is the vision input's embedding
+        "vision_tower": r"(^|\.)vision_model(\.(?!embeddings(\.|$))|$)",
+        "embeddings": r"(^|\.)(text_model|vision_model)\.embeddings(\.|$)",
         "language_backbone": r"(^|\.)text_model(\.|$)",
     },
     write_processor=write_processor,
