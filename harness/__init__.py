@@ -12,7 +12,7 @@ never from one above (tests/smoke/test_layering.py holds every module to this):
 LAYERS = (
     ("util",),                     # errors, atomic writes, redaction, environment facts, units
     ("families",),                 # the family specs: data
-    ("recipe",),                   # recipes: data, validated against the families
+    ("recipe", "literal"),         # recipes: data, validated against the families; literal sections against the libraries
     ("model",),                    # build synthetic checkpoints, load in 4-bit, adapt with LoRA, merge, generate
     ("checks",),                   # audit, inputs and placeholders, a training step, checkpointing, adapter round-trip
     ("measure",),                  # memory and time probes, the estimate, baselines, variants, the GPU matrix

@@ -1,11 +1,15 @@
-"""The module audit: per role, what is 4-bit, what is 16-bit, what carries LoRA, what trains."""
+"""The module audit: per role, what is 4-bit, what is 16-bit, what carries LoRA, what trains.
+
+The audit reads what was built and judges it against the recipe's expect section only: never against the skip
+list or the LoRA targets the recipe asked for (a library that changes what those mean must show up here).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 from harness.families import FamilySpec
 from harness.model.lora import is_lora_name
-from harness.recipe import Recipe
+from harness.recipe import QuantState, Recipe
 
 SHOW = 3  # offending module paths named in a violation
 
@@ -65,7 +69,7 @@ class Audit:
             if a is None:
                 out.append(f"{_label(role)} of {self.model_name}: expected by the recipe, but the family declares no such role")
                 continue
-            out += _weights_violations(a, exp.weights, self.model_name, recipe)
+            out += _weights_violations(a, exp.weights, self.model_name, recipe.quant_expectation())
             out += _train_violations(a, exp.train, self.model_name)
         if self.unassigned_trainable:
             out.append(f"{self.model_name}: expected only LoRA parameters to train, found "
@@ -82,7 +86,15 @@ def _first(names: list[str]) -> str:
     return ", ".join(names[:SHOW]) + more
 
 
-def _weights_violations(a: RoleAudit, expected: str, model_name: str, recipe: Recipe) -> list[str]:
+def _quant_text(q: QuantState | None) -> str:
+    if q is None:
+        return "packed 4-bit with a quant state"
+    parts = [q.quant_type or "4-bit"] + (["with double quant" if q.double_quant else "without double quant"]
+                                         if q.double_quant is not None else [])
+    return " ".join(parts) + (f", compute {q.compute_dtype}" if q.compute_dtype else "")
+
+
+def _weights_violations(a: RoleAudit, expected: str, model_name: str, quant: QuantState | None) -> list[str]:
     where = f"{_label(a.role)} of {model_name}"
     out = []
     if expected == "16bit":
@@ -91,15 +103,14 @@ def _weights_violations(a: RoleAudit, expected: str, model_name: str, recipe: Re
         if a.linear32:
             out.append(f"{where}: expected 16-bit, found {len(a.linear32)} float32 Linear modules: {_first(a.linear32)}")
         return out
-    q = recipe.quantization
     if a.linear16 or a.linear32:
         left = a.linear16 + a.linear32
         out.append(f"{where}: expected 4-bit, found {len(left)} Linear modules left unquantized: {_first(left)}")
     if not a.linear4bit and not (a.linear16 or a.linear32):
         out.append(f"{where}: expected 4-bit, found no Linear module in the role")
     if a.bad_quant_state:
-        out.append(f"{where}: expected {q.quant_type}{' with double quant' if q.double_quant else ''}, "
-                   f"compute {q.compute_dtype}; found {len(a.bad_quant_state)} modules otherwise: {_first(a.bad_quant_state)}")
+        out.append(f"{where}: expected {_quant_text(quant)}; found {len(a.bad_quant_state)} modules otherwise: "
+                   f"{_first(a.bad_quant_state)}")
     return out
 
 
@@ -119,25 +130,26 @@ def _train_violations(a: RoleAudit, expected: str, model_name: str) -> list[str]
     return out
 
 
-def quant_state_problem(module, recipe: Recipe) -> str | None:
-    """Return why a Linear4bit module does not hold the recipe's 4-bit weights, or None if it does."""
+def quant_state_problem(module, q: QuantState | None) -> str | None:
+    """Return why a Linear4bit module does not hold packed 4-bit weights in the expected quant state, or None."""
     import torch
 
-    q = recipe.quantization
     weight = module.weight
     state = getattr(weight, "quant_state", None)
     if state is None:
         return "no quant_state (weights never quantized)"
     if weight.numel() * weight.element_size() != -(-module.in_features * module.out_features // 2):
         return f"weight stored as {tuple(weight.shape)} {weight.dtype}, not packed 4-bit"
-    if state.quant_type != q.quant_type:
+    if q is None:
+        return None
+    if q.quant_type is not None and state.quant_type != q.quant_type:
         return f"quant_type {state.quant_type}"
     # bitsandbytes repacks 4-bit weights for CPU inference on the first eval forward (AVX512-BF16), expanding
     # double-quantized scales; judge such a module by the state it was loaded with.
     nested = state.original_nested if getattr(state, "packing_format_for_cpu", False) else state.nested
-    if bool(nested) != q.double_quant:
+    if q.double_quant is not None and bool(nested) != q.double_quant:
         return f"double quant {'on' if nested else 'off'}"
-    if module.compute_dtype is not None and module.compute_dtype != getattr(torch, q.compute_dtype):
+    if q.compute_dtype is not None and module.compute_dtype is not None and module.compute_dtype != getattr(torch, q.compute_dtype):
         return f"compute dtype {module.compute_dtype}"
     return None
 
@@ -149,6 +161,7 @@ def audit(model, family: FamilySpec, recipe: Recipe, model_name: str | None = No
     from peft.tuners.lora import LoraLayer
 
     name = model_name or f"{family.name}"
+    quant = recipe.quant_expectation()
     roles = {r: RoleAudit(r) for r in family.roles}
     for mod_name, module in model.named_modules():
         role = family.role_of(mod_name)
@@ -159,7 +172,7 @@ def audit(model, family: FamilySpec, recipe: Recipe, model_name: str | None = No
             a.lora_modules.append(mod_name)
         elif isinstance(module, bnb.nn.Linear4bit):
             a.linear4bit.append(mod_name)
-            problem = quant_state_problem(module, recipe)
+            problem = quant_state_problem(module, quant)
             if problem:
                 a.bad_quant_state.append(f"{mod_name}: {problem}")
         elif isinstance(module, torch.nn.Linear):

@@ -9,6 +9,8 @@ from harness.families import FamilySpec
 from harness.recipe import Recipe
 from harness.util.errors import HarnessError
 
+from .calls import role_roots  # noqa: F401 - its home before the calls module
+
 # Offline by default: the harness never downloads, so no library should try. huggingface_hub reads these once,
 # when it is first imported, and bitsandbytes may fetch a CPU kernel from the Hub as it is imported; both happen
 # after this module is, through the imports in the functions below. A value the user set explicitly wins.
@@ -102,19 +104,6 @@ def check_roles(model, family: FamilySpec) -> dict[str, int]:
     return counts
 
 
-def role_roots(model, family: FamilySpec, roles) -> list[str]:
-    """Return the shortest module names that cover exactly the modules of the given roles."""
-    below: dict[str, set] = {}
-    for name, _ in model.named_modules():  # each module's own role and the roles found beneath it
-        role = family.role_of(name) if name else None
-        parts = name.split(".") if name else []
-        for i in range(len(parts) + 1):
-            below.setdefault(".".join(parts[:i]), set()).add(role)
-    wanted = set(roles)
-    pure = {n for n, rs in below.items() if n and len(rs) == 1 and next(iter(rs)) in wanted}
-    return sorted(n for n in pure if n.rpartition(".")[0] not in pure)
-
-
 def check_safetensors(checkpoint: Path) -> None:
     """Raise if a checkpoint has no safetensors weights, naming the pickle files it has and the recipe key that allows them."""
     if any(Path(checkpoint).glob("*.safetensors")):
@@ -135,32 +124,16 @@ def require_bitsandbytes() -> None:
                            "pip install 'bitsandbytes>=0.49' (or set quantization.load_in_4bit: false)") from None
 
 
-def bnb_config(recipe: Recipe, skip_modules: list[str]):
-    """Return the BitsAndBytesConfig of a recipe, or None when it loads 16-bit."""
-    import torch
-    from transformers import BitsAndBytesConfig
-
-    q = recipe.quantization
-    if not q.load_in_4bit:
-        return None
-    return BitsAndBytesConfig(
-        load_in_4bit=True,
-        bnb_4bit_quant_type=q.quant_type,
-        bnb_4bit_use_double_quant=q.double_quant,
-        bnb_4bit_compute_dtype=getattr(torch, q.compute_dtype),
-        bnb_4bit_quant_storage=getattr(torch, q.quant_storage),
-        llm_int8_skip_modules=skip_modules,
-    )
-
-
 def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, device: str = "cpu",
                allow_pickle: bool | None = None, trust_remote_code: bool | None = None):
-    """Return the base model loaded from checkpoint per the recipe's quantization, frozen, roles verified.
+    """Return the base model loaded from checkpoint with the recipe's from_pretrained call, frozen, roles verified.
 
-    allow_pickle and trust_remote_code default to the recipe's keys, which default to off.
+    The call is the recipe's, compiled by harness.model.calls (its literal load:/bitsandbytes: keywords, or the
+    shorthand's). allow_pickle and trust_remote_code default to the recipe's keys, which default to off.
     """
-    import torch
     import transformers
+
+    from . import calls as calls_
 
     allow_pickle = recipe.allow_pickle if allow_pickle is None else allow_pickle
     trust_remote_code = recipe.trust_remote_code if trust_remote_code is None else trust_remote_code
@@ -168,21 +141,14 @@ def load_model(checkpoint: str | Path, family: FamilySpec, recipe: Recipe, devic
     config = read_config(checkpoint, family)
     if not allow_pickle:
         check_safetensors(checkpoint)
-    if recipe.quantization.load_in_4bit:
-        require_bitsandbytes()
     skeleton = meta_model(family, config)
     check_roles(skeleton, family)
-    skip = role_roots(skeleton, family, recipe.quantization.keep_16bit)
+    calls = calls_.compile_calls(recipe, family, skeleton)
     del skeleton
-    model = getattr(transformers, family.model_class).from_pretrained(
-        checkpoint,
-        quantization_config=bnb_config(recipe, skip),
-        dtype=getattr(torch, recipe.quantization.compute_dtype),
-        device_map={"": device},
-        use_safetensors=not allow_pickle or None,
-        trust_remote_code=trust_remote_code,
-        local_files_only=True,
-    )
+    if calls.bitsandbytes is not None:
+        require_bitsandbytes()
+    kwargs = calls_.from_pretrained_kwargs(calls, device, allow_pickle, trust_remote_code)
+    model = getattr(transformers, family.model_class).from_pretrained(checkpoint, **kwargs)
     model.requires_grad_(False)
     check_roles(model, family)
     return model

@@ -3,40 +3,13 @@ from __future__ import annotations
 
 from harness.families import FamilySpec
 from harness.recipe import Recipe
-from harness.util.errors import HarnessError
+
+from .calls import linear_features, lora_targets  # noqa: F401 - their home before the calls module
 
 
 def is_lora_name(name: str) -> bool:
     """Return whether a module or parameter name lies inside a LoRA adapter (lora_A, lora_B, magnitude...)."""
     return any(part.startswith("lora_") for part in name.split("."))
-
-
-def linear_features(module) -> tuple[int, int] | None:
-    """Return (in_features, out_features) of a Linear or Linear4bit module, else None."""
-    import torch
-
-    if isinstance(module, torch.nn.Linear):
-        return module.in_features, module.out_features
-    return None
-
-
-def lora_targets(model, family: FamilySpec, recipe: Recipe) -> list[str]:
-    """Return the full names of the Linear modules the recipe adapts; raise if they match nothing."""
-    names = [
-        name for name, module in model.named_modules()
-        if family.role_of(name) in recipe.lora.target_roles
-        and name.rpartition(".")[2] in recipe.lora.target_modules
-        and linear_features(module) is not None
-    ]
-    if not names:
-        raise HarnessError(
-            f"LoRA targets {list(recipe.lora.target_modules)} in roles {list(recipe.lora.target_roles)} of "
-            f"{family.name} match no Linear module; check lora.target_modules against the model's layer names")
-    missing = [t for t in recipe.lora.target_modules if not any(n.rpartition('.')[2] == t for n in names)]
-    if missing:
-        raise HarnessError(f"LoRA target modules {missing} match no Linear module in roles "
-                           f"{list(recipe.lora.target_roles)} of {family.name}; remove them or fix the name")
-    return names
 
 
 def expected_trainable_params(model, targets: list[str], recipe: Recipe) -> int:
@@ -51,25 +24,43 @@ def expected_trainable_params(model, targets: list[str], recipe: Recipe) -> int:
 
 def prepare_for_training(model, recipe: Recipe):
     """Return the base model made ready for k-bit training as the recipe asks (checkpointing, peft's upcast)."""
-    t = recipe.training
-    if t.prepare_for_kbit_training:
-        from peft import prepare_model_for_kbit_training
+    from . import calls
 
-        return prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=t.gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    if t.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    return calls.prepare(model, *calls.training_calls(recipe))
 
 
 def apply_lora(model, family: FamilySpec, recipe: Recipe, targets: list[str] | None = None):
-    """Return a peft model with LoRA on the recipe's targets (B initialised to zero) and the base frozen."""
-    from peft import LoraConfig, get_peft_model
+    """Return a peft model with the recipe's LoraConfig applied (the shorthand's: B initialised to zero, base frozen).
 
-    targets = targets if targets is not None else lora_targets(model, family, recipe)
-    config = LoraConfig(
-        r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-        target_modules=targets, use_rslora=recipe.lora.use_rslora, use_dora=recipe.lora.use_dora, bias="none",
-    )
-    return get_peft_model(model, config)
+    targets, if given, replaces target_modules (full module names).
+    """
+    from peft import get_peft_model
+
+    from . import calls as calls_
+
+    calls = calls_.compile_calls(recipe, family, model)
+    if targets is not None:
+        calls.peft["target_modules"] = list(targets)
+    return get_peft_model(model, calls_.lora_config(calls))
+
+
+def _lora_layers(peft_model):
+    from peft.tuners.lora import LoraLayer
+
+    base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
+    return [(name, m) for name, m in base.named_modules() if isinstance(m, LoraLayer) and not is_lora_name(name)]
+
+
+def built_targets(peft_model) -> list[str]:
+    """Return the names (in the base model) of the modules peft really wrapped with LoRA."""
+    return [name for name, _ in _lora_layers(peft_model)]
+
+
+def built_lora_params(peft_model) -> int:
+    """Return the LoRA parameter count of what peft built: r*(in+out) per adapted module, plus out for DoRA."""
+    total = 0
+    for _, layer in _lora_layers(peft_model):
+        for adapter, r in layer.r.items():
+            dora = bool(getattr(layer, "use_dora", {}).get(adapter, False))
+            total += r * (layer.in_features + layer.out_features) + (layer.out_features if dora else 0)
+    return total

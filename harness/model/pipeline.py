@@ -29,7 +29,7 @@ class Case:
 
 @dataclass
 class Harnessed:
-    """A loaded case: the peft model, its processor, the LoRA targets and the trainable count they imply."""
+    """A loaded case: the peft model, its processor, the modules peft adapted and the LoRA count they imply."""
 
     case: Case
     checkpoint: Path
@@ -64,19 +64,20 @@ def load_base(c: Case, cache_dir: Path, device: str = "cpu"):
 
 
 def adapt(c: Case, model, on_prepared=None):
-    """Return (peft model, LoRA targets, expected trainable count): the base prepared for training, LoRA applied.
+    """Return (peft model, adapted modules, their LoRA count): the base prepared for training, the recipe's LoRA applied.
 
-    on_prepared, if given, is called with the prepared base before LoRA is applied (to measure it).
+    The modules and the count are read off what peft built, never off the recipe's targets: what the recipe asked
+    for is judged by its expectations. on_prepared, if given, is called with the prepared base before LoRA is
+    applied (to measure it).
     """
     if c.recipe.backend != "peft":
         raise HarnessError(f"{c.id}: backend {c.recipe.backend!r} runs in a process of its own "
                            "(harness.measure.unsloth_backend), not through the peft pipeline")
-    targets = lora.lora_targets(model, c.family, c.recipe)
-    expected = lora.expected_trainable_params(model, targets, c.recipe)
     model = lora.prepare_for_training(model, c.recipe)
     if on_prepared is not None:
         on_prepared(model)
-    return lora.apply_lora(model, c.family, c.recipe, targets), targets, expected
+    adapted = lora.apply_lora(model, c.family, c.recipe)
+    return adapted, lora.built_targets(adapted), lora.built_lora_params(adapted)
 
 
 def harness(c: Case, cache_dir: Path, device: str = "cpu") -> Harnessed:
