@@ -68,6 +68,22 @@ def _report(args) -> int:
     return 0
 
 
+def _recipe_show(args) -> int:
+    from harness.families import check_size, get_family
+    from harness.model import calls, load
+    from harness.model.synth import make_config
+    from harness.recipe import load_recipe
+
+    recipe = load_recipe(args.file)
+    family = get_family(recipe.family)
+    check_size(family, args.size)
+    compiled = calls.compile_calls(recipe, family, load.meta_model(family, make_config(family, args.size)))
+    compiled.harness_load = calls.harness_load(args.device, recipe.allow_pickle, recipe.trust_remote_code)
+    print(f"# {recipe.name} ({args.file}): the calls the harness makes for {family.name} at size {args.size}")
+    print(calls.render(compiled), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit status."""
     parser = argparse.ArgumentParser(prog="qlora-harness", description="QLoRA validation and benchmark harness")
@@ -96,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-size", action="append", default=None,
                    help="run only this model size of the experiment (repeatable), e.g. --model-size 7b")
     p.set_defaults(run=_run)
+    p = sub.add_parser("recipe", help="look at a recipe: `recipe show FILE` prints the Python calls it makes")
+    recipe_sub = p.add_subparsers(dest="recipe_command", required=True)
+    p = recipe_sub.add_parser("show", help="print the library calls (BitsAndBytesConfig, from_pretrained, LoraConfig...) "
+                                           "a recipe makes, to hold against your script")
+    p.add_argument("file", help="a recipe YAML file")
+    p.add_argument("--size", default="tiny", help="model size whose module names resolve role shorthand (default: tiny)")
+    p.add_argument("--device", default="cpu", help="the device the harness places the model on (default: cpu)")
+    p.set_defaults(run=_recipe_show)
     p = sub.add_parser("report", help="turn saved results into report.md with PNG plots")
     p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
     p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")

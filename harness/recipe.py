@@ -19,7 +19,7 @@ from harness.util.errors import HarnessError, did_you_mean
 QUANT_TYPES = ("nf4", "fp4")
 DTYPES = ("bfloat16", "float16", "float32")
 STORAGE_DTYPES = ("uint8", "bfloat16", "float16", "float32")
-WEIGHTS = ("4bit", "16bit")
+WEIGHTS = ("4bit", "16bit", "32bit")  # 32bit: unquantized float32, as peft's prepare_model_for_kbit_training leaves them
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -63,7 +63,7 @@ class Training:
 
 @dataclass(frozen=True)
 class Expectation:
-    weights: str  # "4bit" or "16bit"
+    weights: str  # "4bit", "16bit" or "32bit"
     train: str  # "frozen" or "lora"
 
 

@@ -97,6 +97,12 @@ def _quant_text(q: QuantState | None) -> str:
 def _weights_violations(a: RoleAudit, expected: str, model_name: str, quant: QuantState | None) -> list[str]:
     where = f"{_label(a.role)} of {model_name}"
     out = []
+    if expected == "32bit":
+        left = [(n, what) for n, what in ((len(a.linear4bit), "Linear4bit"), (len(a.linear16), "16-bit Linear")) if n]
+        if left:
+            out.append(f"{where}: expected unquantized float32, found " + " and ".join(f"{n} {w} modules" for n, w in left)
+                       + f": {_first(a.linear4bit + a.linear16)}")
+        return out
     if expected == "16bit":
         if a.linear4bit:
             out.append(f"{where}: expected 16-bit, found {len(a.linear4bit)} Linear4bit modules: {_first(a.linear4bit)}")

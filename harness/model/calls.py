@@ -88,7 +88,7 @@ def shorthand_targets(model, family: FamilySpec, recipe: Recipe) -> str | list[s
     """Return target_modules for the shorthand's roles and leaf names: one regex when it selects exactly the same
     Linear modules as the full names would, else the full names."""
     names = lora_targets(model, family, recipe)
-    roots = role_roots(model, family, recipe.lora.target_roles)
+    roots = [r for r in role_roots(model, family, recipe.lora.target_roles) if any(n.startswith(r + ".") for n in names)]
     leaves = sorted(set(recipe.lora.target_modules), key=list(recipe.lora.target_modules).index)
     pattern = rf"(?:{'|'.join(map(re.escape, roots))})(?:\..*)?\.(?:{'|'.join(map(re.escape, leaves))})"
     linear = [n for n, m in model.named_modules() if linear_features(m) is not None]
@@ -125,10 +125,9 @@ def training_calls(recipe: Recipe) -> tuple[bool, dict | None, bool]:
 
 def harness_load(device: str, allow_pickle: bool, trust_remote_code: bool) -> dict:
     """Return what the harness adds to every from_pretrained call: {keyword: (value, why)}."""
-    out = {"device_map": ({"": device}, "the harness places the model on the run's device"),
-           "local_files_only": (True, "the harness never downloads")}
+    out = {"device_map": ({"": device}, "the run's device"), "local_files_only": (True, "never downloads")}
     if not allow_pickle:
-        out["use_safetensors"] = (True, "safetensors only: the recipe's allow_pickle is false")
+        out["use_safetensors"] = (True, "safetensors only (the recipe's allow_pickle is false)")
     out["trust_remote_code"] = (bool(trust_remote_code), "the recipe's trust_remote_code")
     return out
 
@@ -174,8 +173,8 @@ def _py(value) -> str:
         return "{" + ", ".join(f"{k!r}: {_py(v)}" for k, v in value.items()) + "}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_py(v) for v in value) + "]"
-    if isinstance(value, str) and re.search(r"\\", value):
-        return "r" + repr(value)
+    if isinstance(value, str) and "\\" in value and "'" not in value:
+        return f"r'{value}'"
     return repr(value)
 
 
@@ -201,7 +200,7 @@ def render(calls: Calls, checkpoint: str = "CHECKPOINT") -> str:
     if calls.bitsandbytes is not None:
         lines.append("    quantization_config=bnb_config,")
     added = {k: v for k, (v, _) in calls.harness_load.items()}
-    lines += _arguments(added, {k: f"harness: {why}" for k, (_, why) in calls.harness_load.items()}) + [")"]
+    lines += _arguments(added, {k: f"the harness: {why}" for k, (_, why) in calls.harness_load.items()}) + [")"]
     gc = "" if calls.gradient_checkpointing_kwargs is None else f"gradient_checkpointing_kwargs={_py(calls.gradient_checkpointing_kwargs)}"
     if calls.prepare_for_kbit_training:
         lines.append(f"model = prepare_model_for_kbit_training(model, use_gradient_checkpointing="
