@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.util.errors import HarnessError
 
-from . import compare, envs, verdict
+from . import causes, compare, envs, verdict
 
 DEFAULT_OUT = "gate-verdict"
 
@@ -106,6 +106,41 @@ def device_for(ref: dict, cand: dict) -> tuple[str, str | None]:
     return "cpu", "no CUDA GPU" if len(lacking) == 2 else f"no CUDA GPU in the {lacking[0]} environment"
 
 
+def _name_causes(rows, sides, described, facts, common, args, cache_dir: Path, out: Path, pythonpath: Path) -> None:
+    """Name the library behind each failing or changed row, re-running the reference with one library at a time
+    from the candidate where more than one differs (harness.gate.causes)."""
+    ref, cand = described["reference"]["versions"], described["candidate"]["versions"]
+    names = list(causes.TRACKED) + [n for env in sides.values() for n in causes.spec_names(env.specs)]
+    here = [n for n, env in sides.items() if env.python.resolve() == Path(sys.executable).resolve()]
+    base = described[here[0]]["versions"] if here else _collect(
+        "describe", {"gate": envs.Environment(Path(sys.executable))}, ["--describe"], out, pythonpath)["gate"]["versions"]
+    sources = causes.failing_sources(rows, facts["reference"])
+
+    def rerun(wanted: dict[str, list[str]]) -> dict:
+        found, hybrids = {}, {}
+        for library, specs in wanted.items():
+            try:
+                hybrids[library] = envs.venv_for(specs, cache_dir, say=_say) if specs else envs.Environment(Path(sys.executable))
+            except HarnessError as e:
+                found[library] = f"cannot build it: {str(e).splitlines()[0]}"
+        recipes = [a for r in sources for a in ("--recipe", r)]
+        for library, env in hybrids.items():  # one at a time: each holds the machine as a side did
+            try:
+                got = _collect(f"cause-{library}", {"reference-with": env}, common + recipes, out, pythonpath)["reference-with"]
+            except _CollectorFailed as e:
+                found[library] = f"it did not run: {str(e).splitlines()[0]}"
+                continue
+            reference = {**facts["reference"], "cases": {k: v for k, v in facts["reference"]["cases"].items() if k in got["cases"]}}
+            found[library] = compare.compare(reference, got, args.tolerance)
+        return found
+
+    attempts = causes.name_causes(rows, ref, cand, base, names, rerun)
+    for a in attempts:
+        _say(f"named causes: reference + {causes.change(a.library, ref, cand)}: "
+             + (a.error or f"{sum(r.status == compare.FAIL for r in a.rows.values())} fail, "
+                           f"{sum(r.status == compare.CHANGED for r in a.rows.values())} changed"))
+
+
 def run(args) -> int:
     """Run the gate; return 0 when the candidate keeps every check, 1 on a regression (HarnessError for bad input)."""
     from harness.model.synth import default_cache_dir
@@ -133,6 +168,9 @@ def run(args) -> int:
             facts = _collect("collect", sides, common + [a for pair in shared for a in ("--checkpoint", pair)], out, pythonpath,
                              parallel=memory_skip is not None)
             rows = compare.compare(facts["reference"], facts["candidate"], args.tolerance)
+            common = common[:common.index("--recipe")] if "--recipe" in common else common
+            checkpoints = [a for pair in shared for a in ("--checkpoint", pair)]
+            _name_causes(rows, sides, described, facts, common + checkpoints, args, cache_dir, out, pythonpath)
         except _CollectorFailed as e:
             if e.side == "reference":
                 raise HarnessError(f"{e}\nfix the reference environment first: the gate has nothing to compare against") from None
@@ -146,5 +184,5 @@ def run(args) -> int:
           f"{c['skipped']} skipped; verdict in {md_path} and verdict.json")
     for row in rows:
         if row.status == compare.FAIL:
-            print(f"  FAIL {row.case}, {row.check}: {row.message}")
+            print(f"  FAIL {row.case}, {row.check}: {row.message}" + (f" — cause: {row.cause}" if row.cause else ""))
     return 1 if compare.regressed(rows) else 0

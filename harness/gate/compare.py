@@ -32,6 +32,7 @@ class Row:
     reference: str
     candidate: str
     message: str = ""
+    cause: str = ""  # the library whose change moves this check (harness.gate.causes), when it does not pass
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -190,16 +191,17 @@ def _judge_tokens(row: Row, ref, cand, moved: float | None) -> None:
         values = ref["top_values"][b][p]
         margin = values[0] - values[1] if len(values) > 1 else None
         step = _step_difference(ref, cand, b, p)
-    drift = max([d for d in (moved, step) if d is not None], default=None)
-    measured = " and ".join(f"{what} {d:.4g}" for what, d in (("the prompt logits moved by max |Δ|", moved),
-                                                               ("the scores at that step by", step)) if d is not None)
-    if margin is not None and drift is not None and margin < drift:
+    # The excuse is the prompt logits' difference only: a step's scores pass through the logits processors, which a
+    # decoding change (temperature, top-k) rescales, so they would excuse the very change this row must catch.
+    measured = (f"the logits moved by max |Δ| {moved:.4g}" if moved is not None else "the logits were not compared") + (
+        f"; the scores at that step by {step:.4g}" if step is not None else "")
+    if margin is not None and moved is not None and margin < moved:
         row.status = CHANGED
         row.message = (f"greedy tokens of {row.case} part at {where}: a near-tie, the reference's top-2 margin there "
                        f"{margin:.4g} is below the logits difference ({measured})")
         return
     row.status = FAIL
-    why = (f"the reference's top-2 margin there is {margin:.4g}, above the logits difference ({measured or 'not measured'})"
+    why = (f"the reference's top-2 margin there is {margin:.4g}, not below the logits difference ({measured})"
            if margin is not None else "the reference recorded no scores to tell a near-tie")
     row.message = (f"greedy tokens of {row.case} differ from the reference's at {where}, and not at a near-tie: {why}; "
                    "decoding itself changed (sampling, a logits processor, other special tokens), not the numerics")
