@@ -109,11 +109,21 @@ def device_for(ref: dict, cand: dict) -> tuple[str, str | None]:
 def _name_causes(rows, sides, described, facts, common, args, cache_dir: Path, out: Path, pythonpath: Path) -> None:
     """Name the library behind each failing or changed row, re-running the reference with one library at a time
     from the candidate where more than one differs (harness.gate.causes)."""
-    ref, cand = described["reference"]["versions"], described["candidate"]["versions"]
-    names = list(causes.TRACKED) + [n for env in sides.values() for n in causes.spec_names(env.specs)]
+    if not any(r.status in (compare.FAIL, compare.CHANGED) and r.case != "*" for r in rows):
+        return
+    named = list(dict.fromkeys(n for env in sides.values() for n in causes.spec_names(env.specs)))
+    names = list(causes.TRACKED) + named
     here = [n for n, env in sides.items() if env.python.resolve() == Path(sys.executable).resolve()]
     base = described[here[0]]["versions"] if here else _collect(
         "describe", {"gate": envs.Environment(Path(sys.executable))}, ["--describe"], out, pythonpath)["gate"]["versions"]
+
+    def with_named(versions: dict, python: Path) -> dict:  # the specs' libraries, which describe may not list
+        found = envs.installed(python, named) if named else {}
+        return {**versions, **{n: (found.get(n) or {}).get("version") for n in named}}
+
+    ref = with_named(described["reference"]["versions"], sides["reference"].python)
+    cand = with_named(described["candidate"]["versions"], sides["candidate"].python)
+    base = with_named(base, Path(sys.executable))
     sources = causes.failing_sources(rows, facts["reference"])
 
     def rerun(wanted: dict[str, list[str]]) -> dict:

@@ -157,13 +157,13 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
     named = {canonicalize_name(Requirement(s).name) for s in specs}
     # A spec whose dependencies want another torch must not pull one (an unpinned torch downloads gigabytes of
     # CUDA wheels): torch stays the base interpreter's unless a spec names it.
-    base_torch = _installed(base_python, ["torch"]).get("torch")
+    base_torch = installed(base_python, ["torch"]).get("torch")
     constraints = folder / "constraints.txt"
     constraints.write_text("" if "torch" in named or not base_torch else f"torch=={base_torch['version']}\n")
     log = folder / "pip-install.log"
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints), *specs],
          f"pip install {' '.join(specs)} (log: {log})", log=log)
-    found = _installed(python, sorted(named))
+    found = installed(python, sorted(named))
     for spec in specs:
         req = Requirement(spec)
         got = found.get(canonicalize_name(req.name))
@@ -179,7 +179,8 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
     write_json(folder / MARKER, {"specs": specs, "base_python": str(base_python), "installed": found})
 
 
-def _installed(python: Path, names: list[str]) -> dict:
+def installed(python: Path, names: list[str]) -> dict:
+    """Return {name: {version, location}} of the named distributions an interpreter has (absent ones left out)."""
     script = ("import importlib.metadata as md, json, sys\n"
               "out = {}\n"
               "for name in sys.argv[1:]:\n"
