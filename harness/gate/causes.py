@@ -14,7 +14,7 @@ from typing import Callable
 
 from harness.util.errors import HarnessError
 
-from .compare import CHANGED, FAIL, PASS, SKIP, Row
+from .compare import CHANGED, FAIL, Row
 
 TRACKED = ("torch", "transformers", "peft", "bitsandbytes", "accelerate")  # besides the libraries the sides' specs name
 
@@ -63,26 +63,33 @@ class Attempt:
 
 
 def attribute(rows: list[Row], attempts: list[Attempt], ref: dict, cand: dict) -> None:
-    """Set each failing or changed row's cause from the re-runs: the library that alone moves it, or several."""
+    """Set each failing or changed row's cause from the re-runs: the library that alone moves it as the candidate
+    does (same status against the reference), by elimination the one that could not be re-run, or several."""
     for row in rows:
         if row.status not in (FAIL, CHANGED) or row.case == "*":
             continue
         moved, unknown = [], []
         for a in attempts:
             if a.rows is None:
-                unknown.append(f"{a.library} ({a.error})")
+                unknown.append(a)
                 continue
             again = a.rows.get((row.case, row.check))
             if again is None:
-                unknown.append(f"{a.library} (the re-run has no such row)")
-            elif again.status not in (PASS, SKIP):
+                unknown.append(Attempt(a.library, error="the re-run has no such row"))
+            elif again.status == row.status:
                 moved.append(a.library)
         if len(moved) == 1:
             row.cause = f"{change(moved[0], ref, cand)}: the reference with only this library from the candidate {_as(row)}"
         elif moved:
             row.cause = ("each of " + ", ".join(change(m, ref, cand) for m in moved) + f" alone {_as(row, 'moves it')}")
+        elif len(unknown) == 1:
+            others = [a.library for a in attempts if a is not unknown[0] and a.rows is not None]
+            row.cause = (f"{change(unknown[0].library, ref, cand)}, by elimination: "
+                         + (f"no one of {', '.join(change(o, ref, cand) for o in others)} alone moves it, and " if others else "")
+                         + f"the reference cannot run with this library alone ({unknown[0].error})")
         elif unknown:
-            row.cause = f"not found: could not re-run the reference with {'; '.join(unknown)}"
+            row.cause = ("not found: could not re-run the reference with " +
+                         "; ".join(f"{change(a.library, ref, cand)} ({a.error})" for a in unknown))
         else:
             row.cause = ("several libraries together: no one of " + ", ".join(change(a.library, ref, cand) for a in attempts)
                          + " alone moves it")

@@ -113,7 +113,8 @@ def _name_causes(rows, sides, described, facts, common, args, cache_dir: Path, o
         return
     named = list(dict.fromkeys(n for env in sides.values() for n in causes.spec_names(env.specs)))
     names = list(causes.TRACKED) + named
-    here = [n for n, env in sides.items() if env.python.resolve() == Path(sys.executable).resolve()]
+    # A venv's python links to the interpreter it was made from: compare the paths as given, not resolved.
+    here = [n for n, env in sides.items() if not env.specs and env.python.absolute() == Path(sys.executable).absolute()]
     base = described[here[0]]["versions"] if here else _collect(
         "describe", {"gate": envs.Environment(Path(sys.executable))}, ["--describe"], out, pythonpath)["gate"]["versions"]
 
@@ -138,7 +139,8 @@ def _name_causes(rows, sides, described, facts, common, args, cache_dir: Path, o
             try:
                 got = _collect(f"cause-{library}", {"reference-with": env}, common + recipes, out, pythonpath)["reference-with"]
             except _CollectorFailed as e:
-                found[library] = f"it did not run: {str(e).splitlines()[0]}"
+                last = [line for line in str(e).splitlines() if line.strip()][-1]
+                found[library] = f"it did not run, see {out / 'logs' / f'reference-with-cause-{library}.log'}: {last.strip()}"
                 continue
             reference = {**facts["reference"], "cases": {k: v for k, v in facts["reference"]["cases"].items() if k in got["cases"]}}
             found[library] = compare.compare(reference, got, args.tolerance)

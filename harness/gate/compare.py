@@ -58,8 +58,14 @@ def _case_rows(key: str, ref: dict | None, cand: dict | None, tolerance: float, 
                     f"{key}: the {side} collected no facts for this case")]
     if ref.get("error") or cand.get("error"):
         if not cand.get("error"):
-            return [Row(key, "case runs", FAIL, "raised", "ran",
-                        f"{key}: the reference raised {ref['error']}; nothing to compare the candidate against")]
+            # Fixed in the candidate: nothing to compare with, but the candidate's own checks are still judged.
+            rows = [Row(key, "case runs", CHANGED, "raised", "ran",
+                        f"{key}: the reference raised {ref['error']}; the candidate runs it (its checks are judged "
+                        "on their own below)")]
+            for f in cand["facts"]:
+                if f["kind"] == CHECK and not f["ok"]:
+                    rows.append(Row(key, f["check"], FAIL, "raised", f["shown"], "; ".join(f["problems"])))
+            return rows
         also = f" (the reference raised too: {ref['error']})" if ref.get("error") else ""
         return [Row(key, "case runs", FAIL, "raised" if ref.get("error") else "ran", "raised",
                     f"{key}: the candidate raised {cand['error']}{also}")]

@@ -108,3 +108,12 @@ def test_with_one_library_different_it_is_the_cause_without_a_rerun():
     rows = [row("logits", FAIL)]
     causes.name_causes(rows, {"peft": "0.17.1"}, {"peft": "0.21.2"}, {}, ["peft"], lambda wanted: pytest.fail("re-ran"))
     assert rows[0].cause == "peft 0.17.1 → 0.21.2, the only library that differs"
+
+
+def test_a_library_the_reference_cannot_run_with_alone_is_named_by_elimination():
+    ref, cand = {"transformers": "4.57.1", "peft": "0.17.1"}, {"transformers": "5.24.0", "peft": "0.21.2"}
+    rows = [row("logits", FAIL)]
+    causes.name_causes(rows, ref, cand, cand, ["transformers", "peft"], lambda wanted: {
+        "transformers": "peft 0.17.1 does not import", "peft": [row("logits", PASS)]})
+    assert rows[0].cause == ("transformers 4.57.1 → 5.24.0, by elimination: no one of peft 0.17.1 → 0.21.2 alone moves it, "
+                             "and the reference cannot run with this library alone (peft 0.17.1 does not import)")
