@@ -66,7 +66,7 @@ def attribute(rows: list[Row], attempts: list[Attempt], ref: dict, cand: dict) -
     """Set each failing or changed row's cause from the re-runs: the library that alone moves it as the candidate
     does (same status against the reference), by elimination the one that could not be re-run, or several."""
     for row in rows:
-        if row.status not in (FAIL, CHANGED) or row.case == "*":
+        if row.status not in (FAIL, CHANGED) or row.case == "*" or row.cause:
             continue
         moved, unknown = [], []
         for a in attempts:
@@ -102,7 +102,7 @@ def _as(row: Row, verb: str = "") -> str:
 def single_cause(rows: list[Row], names: list[str], ref: dict, cand: dict) -> None:
     """Set the cause of every failing or changed row when at most one library differs."""
     for row in rows:
-        if row.status in (FAIL, CHANGED) and row.case != "*":
+        if row.status in (FAIL, CHANGED) and row.case != "*" and not row.cause:
             row.cause = (f"{change(names[0], ref, cand)}, the only library that differs" if names else
                          "no library version differs: the environments differ otherwise (patched or shadowed files, "
                          "the interpreter, the machine)")

@@ -122,6 +122,8 @@ def _judge_check(row: Row, ref: dict, cand: dict) -> None:
     if not cand["ok"]:
         also = f"; the reference breaks it too: {ref['problems'][0]}" if not ref["ok"] else f" (reference: {ref['shown']})"
         row.status, row.message = FAIL, "; ".join(cand["problems"]) + also
+        if not ref["ok"]:
+            row.cause = "none between the sides: the reference breaks this check too (see the message)"
     elif not ref["ok"]:
         row.status, row.message = CHANGED, f"fixed in the candidate; the reference broke it: {'; '.join(ref['problems'])}"
     elif ref["value"] != cand["value"]:

