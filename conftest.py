@@ -16,12 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from harness.plugin import pytest_plugin
+from harness.plugin import gpus, options, phases, pytest_plugin
 
-# The repository's options (--recipe, --cache-dir, --checkpoint, --gpu-budget...) and the check of their values, exit
-# 4 on bad input: a plugin, so that an installed harness registers them before pytest reads the command line; the
-# per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card.
-pytest_plugins = ["harness.plugin.options", "harness.plugin.phases", "harness.plugin.gpus"]
+# Registered in pytest_addhooks rather than by pytest_plugins, which pytest refuses in a conftest that is not the
+# rootdir's (a user's project collecting the shipped checks reads this file as such): the repository's options
+# (--recipe, --cache-dir, --checkpoint, --gpu-budget...) checked up front, exit 4 on bad input (installed, the
+# options come through their own entry point before pytest reads the command line); the per-phase wall-time line
+# at the end of a GPU session; on several GPUs one xdist worker per card.
+REPOSITORY_PLUGINS = (options, phases, gpus)
 
 TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 PLUGIN = "qlora_harness"  # the pytest11 entry point's name (pyproject.toml)
@@ -33,6 +35,9 @@ def pytest_addhooks(pluginmanager):
     registered = pluginmanager.is_registered(pytest_plugin) or pluginmanager.has_plugin(PLUGIN)
     if not registered and not pluginmanager.is_blocked(PLUGIN):
         pluginmanager.register(pytest_plugin, PLUGIN)
+    for module in REPOSITORY_PLUGINS:  # by module name: the options' entry point is named so
+        if not pluginmanager.is_registered(module) and not pluginmanager.has_plugin(module.__name__):
+            pluginmanager.register(module, module.__name__)
 
 
 def pytest_collection_modifyitems(config, items):

@@ -13,6 +13,7 @@ from typing import Any
 from harness import literal
 from harness.families import ROLE_ORDER, get_family
 from harness.util.errors import HarnessError, did_you_mean, shorten
+from harness.util.resources import data_path
 from harness.util.yaml_load import load_yaml_file
 
 QUANT_TYPES = ("nf4", "fp4")
@@ -22,6 +23,15 @@ WEIGHTS = ("4bit", "16bit")
 TRAIN = ("frozen", "lora")
 BACKENDS = ("peft", "unsloth")
 TRAINERS = ("harness", "trl")  # who runs the user's training loop: the harness's own, or TRL's SFTTrainer
+OPTIMIZERS = ("adamw_torch", "adamw", "paged_adamw_32bit", "paged_adamw_8bit", "adamw_8bit")  # harness.checks.train
+RECIPES_DIR = data_path("recipes")  # shipped in the wheel (harness/data/recipes)
+# Bounds beyond which a value is a typo, not a setting: the largest hidden size of a supported model is 8192,
+# the longest context 128k tokens; a GPU budget below 1 GiB holds no model.
+MAX_RANK = 8192
+MAX_SEQ_LEN = 131_072
+MAX_BATCH_SIZE = 65_536
+MAX_IMAGE_SIZE = 16_384
+MIN_GPU_BUDGET = "1GiB"
 
 
 @dataclass(frozen=True)

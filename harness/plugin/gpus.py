@@ -20,11 +20,9 @@ def card_for(worker: str, devices: list[str]) -> str | None:
     return devices[int(worker[2:]) % len(devices)]
 
 
-def pin_this_worker(environ=os.environ) -> str | None:
-    """Pin this xdist worker to its card (CUDA_VISIBLE_DEVICES) if several are visible; return the card or None."""
-    worker = environ.get("PYTEST_XDIST_WORKER")  # set by pytest-xdist in each worker process
-    if not worker:
-        return None
+def pin_this_worker(worker: str, environ=os.environ) -> str | None:
+    """Pin xdist worker `worker` (this process) to its card (CUDA_VISIBLE_DEVICES) if several are visible; return
+    the card or None."""
     card = card_for(worker, visible_gpus(environ))
     if card is not None:
         environ["CUDA_VISIBLE_DEVICES"] = card
@@ -38,7 +36,9 @@ def wants_gpus(markexpr: str) -> bool:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config):
-    pin_this_worker()  # before any test, so before CUDA is initialised in this process
+    worker = getattr(config, "workerinput", {}).get("workerid")  # set by pytest-xdist in its worker processes only
+    if worker:
+        pin_this_worker(worker)  # before any test, so before CUDA is initialised in this process
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own answer (the CPU count)

@@ -10,6 +10,7 @@ from harness.measure import fit, held_out
 from harness.recipe import default_recipe
 from harness.util.cards import CARDS
 from harness.util.errors import HarnessError
+from harness.util.resources import data_path
 from harness.util.units import GiB, parse_bytes
 
 
@@ -19,7 +20,7 @@ def t4_plan():
 
 
 def test_fit_prints_every_part_and_a_verdict_per_batch_size(capsys):
-    assert main(["fit", "recipes/qwen2.5-vl.yaml", "--gpu", "T4", "--batch-size", "1", "--batch-size", "32"]) == 0
+    assert main(["fit", "harness/data/recipes/qwen2.5-vl.yaml", "--gpu", "T4", "--batch-size", "1", "--batch-size", "32"]) == 0
     out = capsys.readouterr().out
     for part in fit.PARTS + ("peak + fixed overhead", "largest batch size that fits"):
         assert part in out, part
@@ -42,7 +43,7 @@ def test_parts_add_up_to_the_peak(t4_plan):
 
 
 def test_json_names_the_card_and_each_batch_size(capsys):
-    assert main(["fit", "recipes/qwen2.5.yaml", "--gpu", "16GiB", "--size", "0.5b", "--seq-len", "256",
+    assert main(["fit", "harness/data/recipes/qwen2.5.yaml", "--gpu", "16GiB", "--size", "0.5b", "--seq-len", "256",
                  "--batch-size", "2", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert data["card_bytes"] == 16 * GiB and data["tokens_per_sample"] > 200
@@ -53,12 +54,12 @@ def test_a_longer_image_costs_more_and_a_card_too_small_fits_nothing(capsys):
     small = fit.plan(default_recipe("qwen2-vl"), "H200", size="2b", image_size=224, batch_sizes=[2])
     large = fit.plan(default_recipe("qwen2-vl"), "H200", size="2b", image_size=896, seq_len=1200, batch_sizes=[2])
     assert large.estimates[2].total_bytes > small.estimates[2].total_bytes
-    assert main(["fit", "recipes/qwen2.5-vl.yaml", "--gpu", "4GiB"]) == 1
+    assert main(["fit", "harness/data/recipes/qwen2.5-vl.yaml", "--gpu", "4GiB"]) == 1
     assert "no batch size fits" in capsys.readouterr().out
 
 
 def test_fit_reads_a_checkpoint_config_without_loading_weights():
-    folder = Path(__file__).resolve().parents[2] / "fixtures" / "checkpoints" / "qwen2.5-vl-shapes"
+    folder = data_path("checkpoints", "qwen2.5-vl-shapes")
     p = fit.plan(default_recipe("qwen2.5-vl"), "T4", checkpoint=folder, image_size=56, seq_len=96, batch_sizes=[1])
     assert p.size == "qwen2.5-vl-shapes" and p.tokens_per_sample > 0
     assert p.estimates[1].weights_bytes < 2**24  # the tiny checkpoint's config, not the 7B's

@@ -140,7 +140,7 @@ def test_a_renormalised_loss_parts_at_step_0_and_a_gap_inside_the_tolerance_pass
 
 
 def test_a_trl_recipe_parses_and_sft_config_without_trl_is_refused():
-    recipe = load_recipe("recipes/qwen2.5-vl-trl.yaml")
+    recipe = load_recipe("harness/data/recipes/qwen2.5-vl-trl.yaml")
     assert recipe.training.trainer == "trl" and recipe.training.sft_config["learning_rate"] == 2e-4
 
     with pytest.raises(HarnessError, match="training.sft_config holds TRL SFTConfig arguments"):
@@ -159,7 +159,7 @@ def test_without_trl_the_trl_facts_skip_saying_what_to_install(monkeypatch, cach
 
 def test_trl_sft_trainer_data_path_labels_the_completion_only(cache_dir):
     pytest.importorskip("trl", reason="needs trl: pip install 'qlora-harness[trl]'")
-    c = pipeline.case("qwen2.5-vl", "tiny", load_recipe("recipes/qwen2.5-vl-trl.yaml"))
+    c = pipeline.case("qwen2.5-vl", "tiny", load_recipe("harness/data/recipes/qwen2.5-vl-trl.yaml"))
 
     facts = {f["check"]: f for f in trainpath.trl_facts(c, cache_dir, "cpu")}
 
