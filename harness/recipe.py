@@ -244,6 +244,7 @@ def parse_recipe(data: dict, source: str = "<recipe>") -> Recipe:
             raise HarnessError(f"{source}: expect: a role is a name such as vision_tower, found {shorten(role)!r}")
     expect = {role: _section(Expectation, exp, source, f"expect.{role}") for role, exp in expect_data.items()}
     defaults = family_defaults(family)
+    data = {k: v for k, v in data.items() if not (k in literal.SECTIONS and v is None)}  # as asdict writes
     calls = _literal_sections(data, source)
     quantization = _section(Quantization, _or_empty(data, "quantization"), source, "quantization",
                             defaults.get("quantization"))

@@ -20,7 +20,10 @@ def _checkpoint(root, name, age):
     folder = root / name
     folder.mkdir(parents=True)
     (folder / synth.MARKER).write_text("{}")
-    (folder / "model.safetensors").write_bytes(b"\0" * 1000)
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(240, dtype=torch.float32)}, str(folder / "model.safetensors"))  # a whole file
     os.utime(folder, (age, age))
     return folder
 
@@ -38,7 +41,8 @@ def disk_of(monkeypatch, tmp_path):
 
 def test_make_room_evicts_the_least_recently_used_first(tmp_path, disk_of):
     old, mid, new = (_checkpoint(tmp_path, n, a) for n, a in (("old", 100), ("mid", 200), ("new", 300)))
-    disk_of(3500)
+    size = (old / "model.safetensors").stat().st_size
+    disk_of(3 * size + 1499)  # 1 byte short of the room asked for: one checkpoint has to go
 
     evicted = disk.make_room([new, mid, old], tmp_path, needed_bytes=1000, margin_bytes=500, wait_s=0)
 
@@ -55,14 +59,15 @@ def _hold_until_told(folder, held, done):
 
 def test_a_checkpoint_another_process_reads_is_never_evicted(tmp_path, disk_of):
     read, idle = _checkpoint(tmp_path, "read", 100), _checkpoint(tmp_path, "idle", 200)
-    disk_of(2500)
+    size = (read / "model.safetensors").stat().st_size
+    disk_of(2 * size + 1000)
     ctx = multiprocessing.get_context("spawn")
     held, done = ctx.Event(), ctx.Event()
     reader = ctx.Process(target=_hold_until_told, args=(read, held, done))
     reader.start()
     try:
         assert held.wait(30)
-        evicted = disk.make_room([read, idle], tmp_path, needed_bytes=2000, margin_bytes=0, wait_s=0)
+        evicted = disk.make_room([read, idle], tmp_path, needed_bytes=size + 2000, margin_bytes=0, wait_s=0)
     finally:
         done.set()
         reader.join(30)
