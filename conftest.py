@@ -20,8 +20,11 @@ from harness.plugin import pytest_plugin
 
 # The repository's options (--recipe, --cache-dir, --checkpoint, --gpu-budget...) and the check of their values, exit
 # 4 on bad input: a plugin, so that an installed harness registers them before pytest reads the command line; the
-# per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card.
-pytest_plugins = ["harness.plugin.options", "harness.plugin.phases", "harness.plugin.gpus"]
+# per-phase wall-time line at the end of a GPU session; on several GPUs one xdist worker per card. Registered in
+# pytest_addhooks below, not through pytest_plugins: `pytest --qlora-recipe` run from another folder on an editable
+# install collects harness/plugin/recipe_checks.py from this checkout, which loads this file as a non-root conftest,
+# where pytest refuses pytest_plugins.
+REPOSITORY_PLUGINS = ("harness.plugin.options", "harness.plugin.phases", "harness.plugin.gpus")
 
 TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 PLUGIN = "qlora_harness"  # the pytest11 entry point's name (pyproject.toml)
@@ -33,6 +36,8 @@ def pytest_addhooks(pluginmanager):
     registered = pluginmanager.is_registered(pytest_plugin) or pluginmanager.has_plugin(PLUGIN)
     if not registered and not pluginmanager.is_blocked(PLUGIN):
         pluginmanager.register(pytest_plugin, PLUGIN)
+    for name in REPOSITORY_PLUGINS:  # the entry point of harness.plugin.options bears the module's name
+        pluginmanager.import_plugin(name)  # does nothing when a plugin of that name is registered or blocked
 
 
 def pytest_collection_modifyitems(config, items):
