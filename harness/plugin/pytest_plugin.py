@@ -45,7 +45,8 @@ def load_arguments() -> list[str]:
     """Return the pytest arguments that load this plugin: none where its entry point is installed, else -p MODULE."""
     from importlib.metadata import entry_points
 
-    if any(ep.value == __name__ for ep in entry_points(group="pytest11")):
+    autoload = not os.environ.get("PYTEST_DISABLE_PLUGIN_AUTOLOAD")
+    if autoload and any(ep.value == __name__ for ep in entry_points(group="pytest11")):
         return []
     return ["-p", __name__]
 
