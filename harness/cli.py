@@ -16,13 +16,16 @@ def param_counts() -> list[dict]:
 
     rows = []
     for name, family in FAMILIES.items():
+        unavailable = family.unavailable(processor=False)  # counting needs the model class only
         for size in family.size_names():
-            model = meta_model(family, make_config(family, size))
-            params = sum(p.numel() for p in model.parameters())
             published = family.published_params.get(size)
-            rows.append({"family": name, "size": size, "kind": family.kind, "model_class": family.model_class,
-                         "params": params, "published_params": published,
-                         "relative_difference": None if not published else params / published - 1})
+            row = {"family": name, "size": size, "kind": family.kind, "model_class": family.model_class,
+                   "params": None, "published_params": published, "relative_difference": None,
+                   "gpu_tier": size in family.gpu_sizes, "unavailable": unavailable}
+            if not unavailable:  # counted on the meta device; a family this transformers lacks shows why instead
+                row["params"] = sum(p.numel() for p in meta_model(family, make_config(family, size)).parameters())
+                row["relative_difference"] = None if not published else row["params"] / published - 1
+            rows.append(row)
     return rows
 
 
@@ -31,11 +34,13 @@ def _list(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'family':<12} {'size':<10} {'params':>15} {'published':>12} {'diff':>7}")
+    print(f"{'family':<16} {'size':<22} {'params':>15} {'published':>10} {'diff':>7} gpu")
     for r in rows:
-        pub = f"{r['published_params'] / 1e9:.2f}B" if r["published_params"] else "-"
+        pub = f"{r['published_params'] / 1e9:.3f}B" if r["published_params"] else "-"
         diff = f"{100 * r['relative_difference']:+.2f}%" if r["relative_difference"] is not None else "-"
-        print(f"{r['family']:<12} {r['size']:<10} {r['params']:>15,} {pub:>12} {diff:>7}")
+        params = f"{r['params']:>15,}" if r["params"] is not None else f"{'-':>15}"
+        note = f"  ({r['unavailable']})" if r["unavailable"] else ""
+        print(f"{r['family']:<16} {r['size']:<22} {params} {pub:>10} {diff:>7} {'yes' if r['gpu_tier'] else '':<3}{note}")
     return 0
 
 

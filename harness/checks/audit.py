@@ -162,6 +162,9 @@ def audit(model, family: FamilySpec, recipe: Recipe, model_name: str | None = No
             problem = quant_state_problem(module, recipe)
             if problem:
                 a.bad_quant_state.append(f"{mod_name}: {problem}")
+        elif isinstance(module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear):
+            continue  # the projection inside torch's MultiheadAttention (SigLIP's pooling head): torch reads its weight
+            # directly, so transformers never quantizes it; it is neither a 4-bit nor a 16-bit choice of the recipe
         elif isinstance(module, torch.nn.Linear):
             (a.linear16 if _16bit(module.weight.dtype) else a.linear32).append(mod_name)
     unassigned, trainable, lora_params = [], 0, 0

@@ -77,11 +77,12 @@ def supervised_example(family: FamilySpec, processor, reply: str = REPLY, prompt
 
 
 def media_token_ids(config) -> dict[str, int]:
-    """Return the token ids a model config names for media (image_token_id, vision_start_token_id...), by attribute."""
+    """Return the token ids a model config names for media (image_token_id, vision_start_token_id, Gemma 3's and
+    LLaVA's image_token_index...), by attribute."""
     found = {}
     for c in (config, getattr(config, "text_config", None)):
         for attr, value in (vars(c).items() if c is not None else ()):
-            if attr.endswith("_token_id") and isinstance(value, int) and any(w in attr for w in MEDIA_WORDS):
+            if attr.endswith(("_token_id", "_token_index")) and isinstance(value, int) and any(w in attr for w in MEDIA_WORDS):
                 found.setdefault(attr, value)
     return found
 

@@ -1,9 +1,10 @@
-"""What Qwen2, Qwen2-VL and Qwen2.5-VL share: their special tokens, chat template and processor."""
+"""What the Qwen families share: their special tokens, chat templates, processors and image-token geometry."""
 from __future__ import annotations
 
 from pathlib import Path
 
 from ._tokens import added_tokens_decoder, byte_alphabet, load_bpe_tokenizer
+from .base import Inputs
 
 # The order of the real Qwen2 special tokens (151643..151656 in the published vocabulary); here they
 # follow the 256 byte tokens, so a tiny vocabulary holds them.
@@ -40,13 +41,54 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer():
-    """Return a tiny Qwen2 tokenizer: 256 byte tokens, then the real special tokens."""
+# Qwen3 adds these after <|video_pad|> (151657.. in the published vocabulary, fill-in-the-middle tokens left out)
+QWEN3_SPECIALS = ("<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>")
+
+# Qwen3's layout: no default system turn; its hybrid-thinking template opens an empty <think> block when thinking
+# is switched off, the way users fine-tune it for direct answers. Qwen3-VL's template: no system turn, no <think>.
+QWEN3_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}<|im_end|>\n"
+    "{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif content['type'] == 'text' %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}{% endif %}"
+)
+
+TURN_END = "<|im_end|>"
+IMAGE_PAD = "<|image_pad|>"
+
+
+def pixel_unit(config) -> int:
+    """Return the side in pixels of the square one image token stands for: patch_size x spatial_merge_size."""
+    return config.vision_config.patch_size * config.vision_config.spatial_merge_size
+
+
+def grid_image_tokens(config, batch) -> list[int]:
+    """Return the image placeholders each sample must carry: its images' t*h*w patches over merge_size^2."""
+    merge = config.vision_config.spatial_merge_size
+    grids = batch.get("image_grid_thw")
+    per_image = [] if grids is None else [int(g.prod()) // (merge * merge) for g in grids]
+    expected, k = [], 0
+    for row in batch["input_ids"]:
+        n_images = int((row == config.vision_start_token_id).sum())
+        expected.append(sum(per_image[k:k + n_images]))
+        k += n_images
+    return expected
+
+
+def build_tokenizer(extra: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE):
+    """Return a tiny Qwen2 tokenizer: 256 byte tokens, then the real special tokens (and a family's extra ones)."""
     vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
+    specials = SPECIALS + tuple(extra)
     config = {
         "tokenizer_class": "Qwen2Tokenizer",
-        "added_tokens_decoder": added_tokens_decoder(SPECIALS, FIRST_SPECIAL_ID),
-        "additional_special_tokens": list(SPECIALS[1:]),
+        "added_tokens_decoder": added_tokens_decoder(specials, FIRST_SPECIAL_ID),
+        "additional_special_tokens": list(specials[1:]),
         "eos_token": "<|im_end|>",
         "pad_token": "<|endoftext|>",
         "unk_token": None,
@@ -55,7 +97,7 @@ def build_tokenizer():
         "model_max_length": 32768,
         "clean_up_tokenization_spaces": False,
         "split_special_tokens": False,
-        "chat_template": CHAT_TEMPLATE,
+        "chat_template": chat_template,
     }
     return load_bpe_tokenizer(vocab, config)
 
@@ -65,12 +107,22 @@ def write_text(folder: Path, config) -> None:
     build_tokenizer().save_pretrained(folder)
 
 
-def write_vl(folder: Path, config) -> None:
+def write_qwen3_text(folder: Path, config) -> None:
+    """Write a tokenizer with Qwen3's special tokens and chat template into folder."""
+    build_tokenizer(QWEN3_SPECIALS, QWEN3_TEMPLATE).save_pretrained(folder)
+
+
+def write_qwen3_vl(folder: Path, config) -> None:
+    """Write a tokenizer, image processor and chat template for a Qwen3-VL model into folder."""
+    write_vl(folder, config, QWEN3_SPECIALS, QWEN3_TEMPLATE)
+
+
+def write_vl(folder: Path, config, extra: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE) -> None:
     """Write a tokenizer, image processor and chat template for a Qwen VL model into folder, as published checkpoints lay them out."""
     import transformers
 
     vision = config.vision_config
-    unit = vision.patch_size * vision.spatial_merge_size
+    unit = pixel_unit(config)
     # Tiny models take small images so a CPU forward stays fast; full sizes keep the published bounds.
     tiny = config.get_text_config().hidden_size <= 256
     min_pixels = unit * unit * (1 if tiny else 4)
@@ -80,6 +132,14 @@ def write_vl(folder: Path, config) -> None:
         merge_size=vision.spatial_merge_size, temporal_patch_size=vision.temporal_patch_size,
         size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
     )
-    build_tokenizer().save_pretrained(folder)
+    build_tokenizer(extra, chat_template).save_pretrained(folder)
     image_processor.save_pretrained(folder)
-    (Path(folder) / "chat_template.jinja").write_text(CHAT_TEMPLATE)
+    (Path(folder) / "chat_template.jinja").write_text(chat_template)
+
+
+# The contract of every Qwen VL family: answers end with <|im_end|>, each image is <|image_pad|> repeated once per
+# merged patch between <|vision_start|> and <|vision_end|>, images passed as one flat list, and transformers 5's
+# processors add mm_token_type_ids (which tokens are image, video or text) beside input_ids.
+VL_INPUTS = Inputs(turn_end=TURN_END, image_token=IMAGE_PAD, image_tokens=grid_image_tokens, per_token=("mm_token_type_ids",),
+                   pixel_unit=pixel_unit)
+TEXT_INPUTS = Inputs(turn_end=TURN_END)

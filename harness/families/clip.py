@@ -75,4 +75,6 @@ SPEC = FamilySpec(
     write_processor=write_processor,
     default_recipe="clip.yaml",
     tiny_image_size=32,
+    gpu_sizes=("vit-l-14", "vit-b-16"),
+    gpu_batch_sizes=(8, 16, 32),
 )

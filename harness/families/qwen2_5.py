@@ -33,4 +33,6 @@ SPEC = FamilySpec(
     },
     write_processor=_qwen.write_text,
     default_recipe="qwen2.5.yaml",
+    inputs=_qwen.TEXT_INPUTS,
+    gpu_sizes=("7b", "0.5b"),
 )

@@ -58,4 +58,6 @@ SPEC = FamilySpec(
     write_processor=_qwen.write_vl,
     processor_class="Qwen2_5_VLProcessor",
     default_recipe="qwen2.5-vl.yaml",
+    inputs=_qwen.VL_INPUTS,
+    gpu_sizes=("7b", "3b"),
 )

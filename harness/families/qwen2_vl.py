@@ -51,4 +51,6 @@ SPEC = FamilySpec(
     write_processor=_qwen.write_vl,
     processor_class="Qwen2VLProcessor",
     default_recipe="qwen2-vl.yaml",
+    inputs=_qwen.VL_INPUTS,
+    gpu_sizes=("7b", "2b"),
 )

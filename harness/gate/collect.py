@@ -69,7 +69,7 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
 
     from harness.model import pipeline
 
-    from .facts import case_facts
+    from .facts import SKIPPED, case_facts, fact
 
     def facts_of(key, c):  # the harness's checks, then the training path and the artifacts (gate.trainpath, .artifacts)
         from . import artifacts as carry
@@ -88,6 +88,12 @@ def collect(recipe_paths: list[str], size: str, cache_dir: Path, checkpoints: di
     for key, c in plan_cases(recipe_paths, size, checkpoints).items():
         entry = {"family": c.family.name, "recipe": c.recipe.name, "source": c.recipe.source, "error": None}
         start = time.perf_counter()
+        unavailable = c.family.unavailable()
+        if unavailable:  # an architecture this transformers lacks: a fact about the environment, not an error
+            entry["facts"] = [fact("architecture available", SKIPPED, None, f"skipped: {unavailable}")]
+            entry["seconds"] = 0.0
+            result["cases"][key] = entry
+            continue
         try:
             entry["checkpoint"] = str(pipeline.checkpoint_of(c, cache_dir, device))
             entry["facts"] = [] if prepare else facts_of(key, c)

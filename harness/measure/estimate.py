@@ -167,7 +167,8 @@ def stacks(family: FamilySpec, config, seq_len: int, text_tokens: int | None = N
     checkpointing = bool(recipe and recipe.training.gradient_checkpointing)
     if family.kind == DUAL_ENCODER:
         v, t = config.vision_config, config.text_config
-        patches = (v.image_size // v.patch_size) ** 2 + 1
+        # SigLIP 2 (NaFlex) sees up to num_patches patches and no class token; CLIP its grid plus a class token
+        patches = getattr(v, "num_patches", None) or (v.image_size // v.patch_size) ** 2 + 1
         vision = _vision_stack(v, patches, "vision_tower" in roles, "vision_tower" in roles)
         return [vision, Stack("language_backbone", t.num_hidden_layers, t.hidden_size, t.hidden_size,
                               t.intermediate_size, False, False, text_tokens or t.max_position_embeddings,
@@ -253,7 +254,9 @@ def inputs_bytes(family: FamilySpec, config, batch_size: int, tokens: int, image
     """Return the bytes of a batch on the GPU: token tensors, and the float32 pixel values."""
     if family.kind == DUAL_ENCODER:
         v = config.vision_config
-        return batch_size * (16 * tokens + 4 * v.num_channels * v.image_size ** 2)
+        # SigLIP 2 (NaFlex) takes flattened patches, up to num_patches of them; CLIP a square image
+        pixels = v.num_patches * v.patch_size ** 2 if getattr(v, "num_patches", None) else v.image_size ** 2
+        return batch_size * (16 * tokens + 4 * v.num_channels * pixels)
     total = batch_size * TOKEN_INPUT_BYTES * tokens
     if family.kind == VLM and image_size:
         v = config.vision_config
@@ -273,7 +276,9 @@ def weights_bytes(model, family: FamilySpec, recipe) -> int:
     total, seen = 0, set()
     for name, module in model.named_modules():
         role = family.role_of(name)
-        quantize = q.load_in_4bit and isinstance(module, torch.nn.Linear) and role not in q.keep_16bit
+        # transformers leaves the projection inside torch's MultiheadAttention 16-bit (torch reads its weight directly)
+        quantize = (q.load_in_4bit and isinstance(module, torch.nn.Linear) and role not in q.keep_16bit
+                    and not isinstance(module, torch.nn.modules.linear.NonDynamicallyQuantizableLinear))
         params = [(n, p, True) for n, p in module.named_parameters(recurse=False)]
         for pname, p, is_param in params + [(n, b, False) for n, b in module.named_buffers(recurse=False)]:
             if id(p) in seen:

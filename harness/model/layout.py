@@ -16,6 +16,11 @@ from harness.util.errors import HarnessError
 
 # rotary types 4.57 has no setting for, and the theta it hard-codes for them (Qwen2-VL's vision tower)
 FIXED_ROPE = {"axial": 10000.0}
+# transformers 5 keys rope_parameters by layer type where layer types rotate differently (Gemma 3: global layers
+# with a scaled rope_theta, sliding-window layers with their own base). The global settings are rope_theta and
+# rope_scaling in the published layout; another layer type's base has a name of its own, and no scaling.
+GLOBAL_LAYERS = "full_attention"
+LOCAL_THETA = {"sliding_attention": "rope_local_base_freq"}
 
 
 def published_rope(node: dict, where: str) -> dict:
@@ -23,7 +28,9 @@ def published_rope(node: dict, where: str) -> dict:
     if "rope_parameters" not in node:
         return node
     node = dict(node)
-    rope = dict(node.pop("rope_parameters"))
+    rope = dict(node.pop("rope_parameters") or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()):
+        return _published_rope_by_layer_type(node, rope, where)
     rope_type = rope.pop("rope_type", "default")
     theta = rope.pop("rope_theta", None)
     if rope_type in FIXED_ROPE:
@@ -37,6 +44,29 @@ def published_rope(node: dict, where: str) -> dict:
     if rope or kind != "default":
         node["rope_scaling"] = {"type": kind, **rope}
     return node
+
+
+def _published_rope_by_layer_type(node: dict, rope: dict, where: str) -> dict:
+    unknown = sorted(set(rope) - {GLOBAL_LAYERS, *LOCAL_THETA})
+    if GLOBAL_LAYERS not in rope or unknown:
+        raise HarnessError(f"{where}: rope_parameters by layer type {sorted(rope)}: expected {GLOBAL_LAYERS!r} and "
+                           f"any of {sorted(LOCAL_THETA)}, found {unknown or 'no ' + GLOBAL_LAYERS}; transformers 4.57 "
+                           "has no setting for it: keep this checkpoint in transformers 5's layout")
+    for layer_type, name in LOCAL_THETA.items():
+        local = dict(rope.get(layer_type, {}))
+        if not local:
+            continue
+        theta, kind = local.pop("rope_theta", None), local.pop("rope_type", local.pop("type", "default"))
+        if kind != "default" or local:
+            raise HarnessError(f"{where}: {layer_type} layers rotate as {kind!r} with {local}; transformers 4.57 "
+                               f"reads only a base for them ({name}): keep this checkpoint in transformers 5's layout")
+        if theta is not None:
+            node[name] = theta
+    out = published_rope({**node, "rope_parameters": rope[GLOBAL_LAYERS]}, where)
+    if "rope_scaling" in out:  # as Gemma 3's published config writes it: transformers 5 reads a bare "type" as default
+        scaling = dict(out["rope_scaling"])
+        out["rope_scaling"] = {"rope_type": scaling.pop("type"), **scaling}
+    return out
 
 
 def published_config(config: dict) -> dict:

@@ -81,10 +81,11 @@ def detect_family(checkpoint: str | Path) -> FamilySpec:
 
     checkpoint = resolve_checkpoint(checkpoint)
     found = model_type(checkpoint)
-    for family in FAMILIES.values():
+    available = [f for f in FAMILIES.values() if f.unavailable() is None]
+    for family in available:
         if getattr(transformers, family.config_class).model_type == found:
             return family
-    known = ", ".join(getattr(transformers, f.config_class).model_type for f in FAMILIES.values())
+    known = ", ".join(getattr(transformers, f.config_class).model_type for f in available)
     raise HarnessError(f"checkpoint {checkpoint} has model_type {found!r}, which no family covers (known: {known}); "
                        "add a family module for it")
 

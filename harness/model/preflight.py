@@ -28,6 +28,8 @@ def check_recipe(recipe: Recipe) -> Recipe:
     if recipe.peft is not None:
         return recipe  # literal LoraConfig: what it matches is peft's to decide, judged once built
     family = get_family(recipe.family)
+    if family.unavailable(processor=False):
+        return recipe  # an architecture this transformers lacks: its cases skip, saying so, and nothing is built
     linear = [name for name, is_linear in _module_names(family.name) if is_linear]
     chosen = [n for n in linear if family.role_of(n) in recipe.lora.target_roles]
     found = {n.rpartition(".")[2] for n in chosen}

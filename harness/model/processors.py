@@ -24,6 +24,18 @@ def _images_only(cls):
                 return None
             return super().check_argument_for_proper_class(argument_name, argument)
 
+        def apply_chat_template(self, conversation, chat_template=None, **kwargs):
+            try:
+                return super().apply_chat_template(conversation, chat_template=chat_template, **kwargs)
+            except AttributeError:
+                # some processors read video settings here (SmolVLM: num_frames) even for images; without the video
+                # processor the text is the same rendered by the tokenizer with the processor's template
+                if getattr(self, "video_processor", None) is not None or kwargs.get("tokenize", False):
+                    raise
+                kwargs.pop("tokenize", None)
+                return self.tokenizer.apply_chat_template(conversation, chat_template=chat_template or self.chat_template,
+                                                          tokenize=False, **kwargs)
+
     ImagesOnly.__name__ = ImagesOnly.__qualname__ = cls.__name__
     return ImagesOnly
 
@@ -61,10 +73,21 @@ def assemble(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
     import transformers
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=trust_remote_code)
+    import inspect
+
     image_processor = _image_processor(folder, trust_remote_code)
     cls = _images_only(getattr(transformers, family.processor_class))
     template = read_chat_template(folder) or getattr(tokenizer, "chat_template", None)
-    return cls(image_processor=image_processor, tokenizer=tokenizer, video_processor=None, chat_template=template)
+    # the processor's own settings saved beside it (image_seq_len, num_image_tokens, ...), where the class takes them
+    saved = folder / "processor_config.json"
+    settings = json.loads(saved.read_text()) if saved.is_file() else {}
+    accepted = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in settings.items() if k in accepted and k not in ("image_processor", "tokenizer")}
+    if "video_processor" in accepted:
+        kwargs["video_processor"] = None
+    if "chat_template" in accepted:
+        kwargs["chat_template"] = template
+    return cls(image_processor=image_processor, tokenizer=tokenizer, **kwargs)
 
 
 def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = False):
@@ -76,10 +99,12 @@ def load_processor(folder: Path, family: FamilySpec, trust_remote_code: bool = F
         return transformers.AutoTokenizer.from_pretrained(folder, **kw)
     try:
         return transformers.AutoProcessor.from_pretrained(folder, **kw)
-    except (ImportError, TypeError) as e:
-        # transformers' Qwen VL processors carry a video processor that needs torchvision; images need none. 5.x says
-        # so (ImportError); 5.0 fails looking its class up in a mapping that holds None for it (TypeError).
-        said = isinstance(e, ImportError) and _NEEDS_TORCHVISION in str(e).lower()
-        if not (said or _torchvision_missing()) or not family.processor_class:
+    except (ImportError, TypeError, ValueError, AttributeError) as e:
+        # many VLM processors carry a video processor that needs torchvision; images need none. 5.x says so
+        # (ImportError; ValueError from AutoVideoProcessor, e.g. InternVL's); 5.0 fails looking its class up in a
+        # mapping that holds None for it (TypeError), 5.5-5.12 reading the None class's module (AttributeError).
+        said = isinstance(e, (ImportError, ValueError)) and _NEEDS_TORCHVISION in str(e).lower()
+        unsaid = isinstance(e, (TypeError, AttributeError)) and _torchvision_missing()
+        if not (said or unsaid) or not family.processor_class:
             raise
         return assemble(Path(folder), family, trust_remote_code)

@@ -45,14 +45,69 @@ def make_config(family: FamilySpec, size: str):
     return getattr(transformers, family.config_class)(**copy.deepcopy(family.sizes[size]))
 
 
+def builder_sources(family: FamilySpec) -> dict[str, str]:
+    """Return a hash of the source of everything that shapes a checkpoint's files, by module: the family's module and
+    the helpers it imports (tokens, shared Qwen parts), the spec's shape, and this module and the layout writer."""
+    import importlib
+    import inspect
+    import sys
+
+    from harness.families import base
+
+    from . import layout
+
+    modules = {base.__name__: base, __name__: sys.modules[__name__], layout.__name__: layout}
+    for hook in (family.write_processor, family.init_weights, family.inputs.image_tokens):
+        if hook is not None:
+            modules.setdefault(hook.__module__, importlib.import_module(hook.__module__))
+    spec_module = _spec_module(family)
+    if spec_module is not None:
+        modules.setdefault(spec_module.__name__, spec_module)
+    # the family package's modules these import from (_qwen, and _tokens through it), transitively
+    pending = list(modules.values())
+    while pending:
+        for value in vars(pending.pop()).values():
+            name = value.__name__ if inspect.ismodule(value) else getattr(value, "__module__", None)
+            if isinstance(name, str) and name.startswith(base.__package__ + ".") and name not in modules:
+                modules[name] = sys.modules[name]
+                pending.append(modules[name])
+    out = {}
+    for name, module in sorted(modules.items()):
+        try:
+            source = inspect.getsource(module)
+        except (OSError, TypeError):  # a module built in memory (a test's toy family): its hooks' code stands in
+            source = name
+        out[name] = hashlib.sha256(source.encode()).hexdigest()[:16]
+    return out
+
+
+def _spec_module(family: FamilySpec):
+    import sys
+
+    for module in list(sys.modules.values()):
+        if getattr(module, "SPEC", None) is family:
+            return module
+    return None
+
+
+def _hook_code(fn) -> str | None:
+    # a hook defined outside any file (or a lambda in a test) still changes the key when its code changes
+    code = getattr(fn, "__code__", None)
+    return None if code is None else hashlib.sha256(code.co_code + repr(code.co_consts).encode()).hexdigest()[:16]
+
+
 def checkpoint_key(family: FamilySpec, size: str, seed: int) -> str:
-    """Return a short hash of the config, seed and the library versions that affect the saved format."""
+    """Return a short hash of what shapes a synthetic checkpoint's files: the config, the seed, the family's data and
+    builder code (harness.model.synth.builder_sources), and the library versions that affect the saved format."""
     import importlib.metadata as md
 
     versions = {name: md.version(name) for name in FORMAT_LIBRARIES}
+    hooks = {name: _hook_code(fn) for name, fn in (("write_processor", family.write_processor),
+                                                   ("init_weights", family.init_weights)) if fn is not None}
     blob = json.dumps(
-        {"family": family.name, "model": family.model_class, "config": family.sizes[size], "seed": seed,
-         "versions": versions}, sort_keys=True, default=str,
+        {"family": family.name, "model": family.model_class, "config_class": family.config_class,
+         "config": family.sizes[size], "seed": seed, "versions": versions, "sources": builder_sources(family),
+         "hooks": hooks}, sort_keys=True, default=str,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -152,6 +207,8 @@ def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> 
             model = getattr(transformers, family.model_class)(config)
     finally:
         torch.set_default_dtype(previous)
+    if family.init_weights is not None:  # weights transformers leaves inert (Gemma 3's projector starts at zero)
+        family.init_weights(model)
     model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
     del model
     family.write_processor(out, config)

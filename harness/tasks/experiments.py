@@ -76,6 +76,11 @@ EXPERIMENTS = {e.name: e for e in (
         (LORA_16BIT, AS_WRITTEN, DORA), {"tiny": (2,), "full": (16,)}, steps={"tiny": 2, "full": 60},
         tasks=("position",)),
     Experiment(
+        "seed-siglip2-few-shot", "SigLIP 2 base few-shot: the CLIP few-shot experiment on a sigmoid-loss dual encoder",
+        "seed-siglip2-few-shot.yaml", "few-shot", {"tiny": ("tiny",), "full": ("base-patch16-naflex",)},
+        (LORA_16BIT, AS_WRITTEN, DORA), {"tiny": (2,), "full": (16,)}, steps={"tiny": 2, "full": 60},
+        tasks=("position",)),
+    Experiment(
         "seed-qwen2-vl-grounding", "Qwen2-VL-7B grounding SFT: boxes and points in the grounding format, IoU, "
         "merge, memory budget", "seed-qwen2-vl-grounding.yaml", "grounding", {"tiny": ("tiny",), "full": ("7b",)},
         (AS_WRITTEN,), {"tiny": (2,), "full": (2,)}, steps={"tiny": 2, "full": 12},

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
 from harness.checks import inputs, train
-from harness.families import DUAL_ENCODER, FamilySpec
+from harness.families import DUAL_ENCODER, FamilySpec, get_family
 from harness.model import calls
 from harness.util.errors import HarnessError
 from harness.util.resources import data_path
@@ -76,7 +76,7 @@ def chat_batch(family: FamilySpec, processor, samples: Sequence[shapes.Sample], 
         return inputs.build_inputs(family, processor, prompts, images, padding_side="left")
     answers = [s.answer for s in samples]
     batch = inputs.build_inputs(family, processor, prompts, images, answers=answers, padding_side="right")
-    batch["labels"] = answer_labels(batch, _tokenizer(processor), answers)
+    batch["labels"] = answer_labels(batch, _tokenizer(processor), answers, family.inputs.turn_end)
     return batch
 
 
@@ -86,21 +86,22 @@ def prompt_batch(family: FamilySpec, processor, prompts: Sequence[str], images: 
     tok = _tokenizer(processor)
     tok.padding_side = "left"
     texts = [inputs.chat_text(processor, p, with_image=True) for p in prompts]
+    images = [[image] for image in images] if family.inputs.nested_images else list(images)
     kwargs = {}
     if min_pixels is not None or max_pixels is not None:
         default = processor.image_processor.size
         kwargs["size"] = {"shortest_edge": min_pixels or default["shortest_edge"],
                           "longest_edge": max_pixels or default["longest_edge"]}
-    return processor(text=texts, images=list(images), padding=True, return_tensors="pt", **kwargs)
+    return processor(text=texts, images=images, padding=True, return_tensors="pt", **kwargs)
 
 
-def answer_labels(batch, tokenizer, answers: Sequence[str]):
-    """Return labels that score only each right-padded row's answer and the end-of-turn token after it."""
+def answer_labels(batch, tokenizer, answers: Sequence[str], turn_end: str = ""):
+    """Return labels that score only each right-padded row's answer and the end-of-turn text after it."""
     labels = batch["input_ids"].clone()
     labels[:] = inputs.IGNORE
     lengths = batch["attention_mask"].sum(dim=1).tolist()
     for row, (length, answer) in enumerate(zip(lengths, answers)):
-        n = len(tokenizer(answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
+        n = len(tokenizer(answer + turn_end, add_special_tokens=False)["input_ids"])
         labels[row, length - n:length] = batch["input_ids"][row, length - n:length]
     return labels
 
@@ -150,10 +151,11 @@ def fit(model, batches: Iterable, optimizer, scheduler=None,
     return losses
 
 
-def decode_answer(tokenizer, ids) -> str:
-    """Return generated ids as text up to the end of the turn, special tokens such as <|box_start|> kept."""
+def decode_answer(tokenizer, ids, turn_end: str = "") -> str:
+    """Return generated ids as text up to the end of the turn (turn_end, EOS or padding), special tokens such as
+    <|box_start|> kept."""
     text = tokenizer.decode(ids, skip_special_tokens=False)
-    for end in {"<|im_end|>", tokenizer.eos_token, tokenizer.pad_token} - {None}:
+    for end in {turn_end, tokenizer.eos_token, tokenizer.pad_token} - {None, ""}:
         text = text.split(end)[0]
     return text.strip()
 
@@ -173,7 +175,7 @@ def generate_answers(model, family: FamilySpec, processor, samples: Sequence[sha
         with torch.no_grad():
             ids = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
                                  pad_token_id=tok.pad_token_id)
-        out += [decode_answer(tok, row) for row in ids[:, batch["input_ids"].shape[1]:]]
+        out += [decode_answer(tok, row, family.inputs.turn_end) for row in ids[:, batch["input_ids"].shape[1]:]]
     return out
 
 
@@ -207,8 +209,11 @@ def image_features_cut(model, family: FamilySpec, role: str = "projector"):
             h.remove()
 
 
-def clip_batch(processor, images, class_texts: Sequence[str]):
-    """Return a CLIP batch pairing every image with every class prompt."""
+def clip_batch(processor, images, class_texts: Sequence[str], family: FamilySpec | None = None):
+    """Return a dual-encoder batch pairing every image with every class prompt (laid out by the family's contract
+    when given: SigLIP 2 pads captions to its fixed length and passes its patch settings)."""
+    if family is not None:
+        return inputs.build_inputs(family, processor, list(class_texts), list(images))
     return processor(text=list(class_texts), images=list(images), padding=True, return_tensors="pt")
 
 
@@ -224,14 +229,15 @@ def clip_step(model, batch, labels, optimizer) -> float:
     return float(loss.detach())
 
 
-def clip_predictions(model, processor, images, class_texts: Sequence[str], batch_size: int = 64) -> list[int]:
+def clip_predictions(model, processor, images, class_texts: Sequence[str], batch_size: int = 64,
+                     family: FamilySpec | None = None) -> list[int]:
     """Return the index of the best-matching class prompt for each image."""
     import torch
 
     model.eval()
     out = []
     for start in range(0, len(images), batch_size):
-        batch = clip_batch(processor, images[start:start + batch_size], class_texts).to(model.device)
+        batch = clip_batch(processor, images[start:start + batch_size], class_texts, family).to(model.device)
         with torch.no_grad():
             out += model(**batch).logits_per_image.argmax(dim=1).tolist()
     return out
@@ -285,12 +291,14 @@ def few_shot_clip(model, processor, recipe, task: str, prompt: str, record: dict
     if len(train_scenes) != shots * len(choices):
         raise HarnessError(f"few-shot {task}: drew too few scenes of some class for {shots} shots; draw a larger pool")
     labels = torch.tensor([choices.index(answer(s)) for s in train_scenes])
-    batch = clip_batch(processor, [s.image() for s in train_scenes], prompts).to(model.device)
+    family = get_family(recipe.family)
+    batch = clip_batch(processor, [s.image() for s in train_scenes], prompts, family).to(model.device)
     images = [s.image() for s in test]
     truth = [choices.index(answer(s)) for s in test]
 
     def score() -> float:
-        return sum(p == t for p, t in zip(clip_predictions(model, processor, images, prompts), truth)) / len(test)
+        predicted = clip_predictions(model, processor, images, prompts, family=family)
+        return sum(p == t for p, t in zip(predicted, truth)) / len(test)
 
     before = score()
     optimizer = train.make_optimizer(model, recipe)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from harness.families import get_family
+from harness.families import FAMILIES, get_family
 from harness.model import load, synth
 from harness.recipe import default_recipe
 from harness.util.errors import HarnessError
@@ -60,3 +60,47 @@ def test_the_cache_key_follows_the_config(cache_dir):
     assert synth.checkpoint_key(family, "tiny", 0) != synth.checkpoint_key(family, "tiny", 1)
     assert synth.checkpoint_key(family, "tiny", 0) != synth.checkpoint_key(family, "0.5b", 0)
     assert json.loads((synth.synthetic_checkpoint(family, "tiny", cache_dir) / synth.MARKER).read_text())["size"] == "tiny"
+
+
+def test_the_cache_key_follows_the_family_s_builders(monkeypatch):
+    import dataclasses
+
+    family = get_family("qwen2.5")
+    key = synth.checkpoint_key(family, "tiny", 0)
+    # a changed module that shapes the files (here the family module's source) is a new checkpoint, never a stale one
+    real = synth.builder_sources(family)
+    monkeypatch.setattr(synth, "builder_sources", lambda f: {**real, "harness.families.qwen2_5": "edited"})
+    assert synth.checkpoint_key(family, "tiny", 0) != key
+    monkeypatch.undo()
+
+    def other_writer(folder, config):  # another processor writer with the same config is another checkpoint too
+        family.write_processor(folder, config)
+
+    assert synth.checkpoint_key(dataclasses.replace(family, write_processor=other_writer), "tiny", 0) != key
+    assert synth.checkpoint_key(family, "tiny", 0) == key
+
+
+def test_the_key_covers_the_family_module_and_its_helpers():
+    sources = synth.builder_sources(get_family("qwen3-vl"))
+    assert {"harness.families.qwen3_vl", "harness.families._qwen", "harness.families._tokens",
+            "harness.families.base", "harness.model.synth", "harness.model.layout"} <= set(sources)
+
+
+INIT_HOOKED = [n for n, f in FAMILIES.items() if f.init_weights is not None and f.unavailable() is None]
+
+
+@pytest.mark.parametrize("name", INIT_HOOKED)
+def test_an_init_hook_draws_the_weights_transformers_leaves_at_zero(name, tmp_path):
+    import dataclasses
+
+    import torch
+    from safetensors.torch import load_file
+
+    family = get_family(name)
+    built = synth.synthetic_checkpoint(family, "tiny", tmp_path / "hooked")
+    without = synth.synthetic_checkpoint(dataclasses.replace(family, init_weights=None), "tiny", tmp_path / "plain")
+    hooked, plain = load_file(built / "model.safetensors"), load_file(without / "model.safetensors")
+    changed = [k for k in hooked if not torch.equal(hooked[k], plain[k])]
+    assert changed, "the init hook changed no weight"
+    assert all(plain[k].abs().max() == 0 for k in changed)  # what the hook draws, transformers left at zero
+    assert all(hooked[k].abs().max() > 0 for k in changed)

@@ -50,9 +50,9 @@ def test_the_published_layout_reads_back_as_the_same_rotary_settings(family_name
 
 def test_a_list_of_extra_special_tokens_becomes_additional_special_tokens():
     tokens = ["<|im_start|>", "<|box_start|>"]
-    out = layout.published_tokenizer_config({"extra_special_tokens": tokens, "eos_token": "<|im_end|>"})
-    assert out == {"additional_special_tokens": tokens, "eos_token": "<|im_end|>"}
-    as_dict = {"extra_special_tokens": {"image_token": "<|image_pad|>"}}
+    out = layout.published_tokenizer_config({"extra_special_tokens": tokens, "eos_token": "<eot>"})
+    assert out == {"additional_special_tokens": tokens, "eos_token": "<eot>"}
+    as_dict = {"extra_special_tokens": {"image_token": "<img>"}}
     assert layout.published_tokenizer_config(as_dict) == as_dict  # a dict is read by 4.57 as it is
 
 
@@ -67,3 +67,27 @@ def test_the_committed_fixtures_are_in_the_published_layout(name):
     tokenizer = json.loads((FIXTURES / name / "tokenizer_config.json").read_text())
     assert layout.published_config(config) == config
     assert layout.published_tokenizer_config(tokenizer) == tokenizer
+
+
+def test_rotary_settings_by_layer_type_keep_each_layer_type_s_base(tmp_path):
+    # Gemma 3 in transformers 5: rope_parameters keyed by layer type, the global layers' theta scaled linearly
+    family = get_family("gemma3")
+    kwargs = copy.deepcopy(dict(family.sizes["tiny"]))
+    kwargs["text_config"].update(rope_theta=1_000_000.0, rope_local_base_freq=10_000.0,
+                                 rope_scaling={"rope_type": "linear", "factor": 8.0})
+    config = getattr(transformers, family.config_class)(**kwargs)
+    config.save_pretrained(tmp_path)
+    layout.write_published_layout(tmp_path)
+    text = json.loads((tmp_path / "config.json").read_text())["text_config"]
+
+    assert "rope_parameters" not in text
+    assert (text["rope_theta"], text["rope_local_base_freq"]) == (1_000_000.0, 10_000.0)
+    assert text["rope_scaling"] == {"rope_type": "linear", "factor": 8.0}
+    back = transformers.AutoConfig.from_pretrained(tmp_path).get_text_config()
+    assert getattr(back, "rope_parameters", None) == getattr(config.get_text_config(), "rope_parameters", None)
+
+
+def test_a_layer_type_4_57_has_no_rotary_setting_for_is_refused_by_name():
+    node = {"rope_parameters": {"full_attention": {"rope_theta": 1.0}, "chunked_attention": {"rope_theta": 2.0}}}
+    with pytest.raises(HarnessError, match=r"text_config: rope_parameters by layer type .*chunked_attention"):
+        layout.published_rope(node, "text_config")
