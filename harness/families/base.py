@@ -9,6 +9,15 @@ from typing import Any, Callable, Mapping
 # matches its name, so a projector nested inside the vision tower is claimed by the projector, and Llama 3.2
 # Vision's cross-attention layers by their own role before the language backbone's pattern sees them.
 ROLE_ORDER = ("projector", "vision_tower", "cross_attention", "embeddings", "head", "language_backbone")
+# The module layout transformers gives LLaVA-style VLMs (LLaVA, LLaVA-OneVision, Gemma 3, InternVL): a vision_tower,
+# a multi_modal_projector and a language_model, the head beside them.
+LLAVA_ROLES = {
+    "projector": r"(^|\.)multi_modal_projector(\.|$)",
+    "vision_tower": r"(^|\.)vision_tower(\.|$)",
+    "embeddings": r"(^|\.)embed_tokens$",
+    "head": r"(^|\.)lm_head$",
+    "language_backbone": r"(^|\.)language_model\.(model\.)?(layers|norm)(\.|$)",
+}
 
 VLM, LLM, DUAL_ENCODER = "vlm", "llm", "dual-encoder"
 

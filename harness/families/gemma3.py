@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 from ._tokens import byte_level_tokenizer
-from .base import VLM, FamilySpec, Inputs
+from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
 
 # Gemma's special tokens, here numbered from 256 (after the byte tokens) in this order.
 SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>", "<start_of_image>",
@@ -96,13 +96,7 @@ SPEC = FamilySpec(
         "27b": _config(_text(5376, 21504, 62, 32, 16, 128, 168), _VISION, 256),
     },
     published_params={"4b": 4.30e9, "12b": 12.19e9, "27b": 27.43e9},  # the checkpoints' parameter counts (safetensors)
-    roles={
-        "projector": r"(^|\.)multi_modal_projector(\.|$)",
-        "vision_tower": r"(^|\.)vision_tower(\.|$)",
-        "embeddings": r"(^|\.)embed_tokens$",
-        "head": r"(^|\.)lm_head$",
-        "language_backbone": r"(^|\.)language_model\.(model\.)?(layers|norm)(\.|$)",
-    },
+    roles=LLAVA_ROLES,
     write_processor=write_processor,
     processor_class="Gemma3Processor",
     default_recipe="gemma3.yaml",

@@ -7,7 +7,7 @@ from pathlib import Path
 from . import _qwen
 from ._files import save_processor_parts
 from ._tokens import byte_level_tokenizer
-from .base import VLM, FamilySpec, Inputs
+from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
 
 START, END, CONTEXT, VIDEO = "<img>", "</img>", "<IMG_CONTEXT>", "<video>"
 SPECIALS = _qwen.SPECIALS + (START, END, CONTEXT, VIDEO)
@@ -109,13 +109,7 @@ SPEC = FamilySpec(
                  num_key_value_heads=4), _VISION, tie=False),
     },
     published_params={"1b": 0.938e9, "8b": 7.94e9},  # the checkpoints' parameter counts (safetensors)
-    roles={
-        "projector": r"(^|\.)multi_modal_projector(\.|$)",
-        "vision_tower": r"(^|\.)vision_tower(\.|$)",
-        "embeddings": r"(^|\.)embed_tokens$",
-        "head": r"(^|\.)lm_head$",
-        "language_backbone": r"(^|\.)language_model\.(model\.)?(layers|norm)(\.|$)",
-    },
+    roles=LLAVA_ROLES,
     write_processor=write_processor,
     processor_class="InternVLProcessor",
     # transformers 5.0-5.23 import it only with torchvision: there the family skips, saying so

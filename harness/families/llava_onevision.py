@@ -8,7 +8,7 @@ from pathlib import Path
 from . import _qwen
 from ._files import save_processor_parts
 from ._tokens import byte_level_tokenizer
-from .base import VLM, FamilySpec, Inputs
+from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
 
 IMAGE, VIDEO = "<image>", "<video>"
 SPECIALS = _qwen.SPECIALS + (IMAGE, VIDEO)
@@ -126,13 +126,7 @@ SPEC = FamilySpec(
         ),
     },
     published_params={"0.5b": 0.894e9, "7b": 8.03e9},  # the checkpoints' parameter counts (safetensors)
-    roles={
-        "projector": r"(^|\.)multi_modal_projector(\.|$)",
-        "vision_tower": r"(^|\.)vision_tower(\.|$)",
-        "embeddings": r"(^|\.)embed_tokens$",
-        "head": r"(^|\.)lm_head$",
-        "language_backbone": r"(^|\.)language_model\.(model\.)?(layers|norm)(\.|$)",
-    },
+    roles=LLAVA_ROLES,
     write_processor=write_processor,
     processor_class="LlavaOnevisionProcessor",
     default_recipe="llava-onevision.yaml",

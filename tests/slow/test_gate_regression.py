@@ -5,13 +5,10 @@ startup through a .pth file, that does what real upgrades have done: transformer
 16-bit (the vision tower gets quantized) and peft no longer initialises LoRA B to zero. About a minute on CPU.
 """
 import json
-import subprocess
-import sys
 
 import pytest
 
 from harness import cli
-from harness.gate import envs
 
 pytestmark = pytest.mark.slow
 
@@ -54,15 +51,8 @@ expect:
 
 
 @pytest.fixture
-def broken_python(tmp_path):
-    python = envs.create_layered_venv(tmp_path / "broken-venv", sys.executable, with_pip=False)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    with open(f"{site}/qlora_gate_breaker.py", "w") as f:
-        f.write(BREAKER)
-    with open(f"{site}/qlora_gate_breaker.pth", "w") as f:
-        f.write("import qlora_gate_breaker\n")
-    return python
+def broken_python(tmp_path, breaker_venv):
+    return breaker_venv(tmp_path / "broken-venv", "qlora_gate_breaker", BREAKER)
 
 
 def test_a_candidate_that_quantizes_the_vision_tower_and_breaks_lora_init_fails_naming_both(broken_python, tmp_path, cache_dir):

@@ -6,13 +6,10 @@ add_generation_prompt (so prompt-length masking labels the assistant header), Qw
 one, and LoRA's scaling is doubled. Two tiny recipes (Qwen2.5-VL and Qwen2.5), both phases; about two minutes on this 2-core CPU.
 """
 import json
-import subprocess
-import sys
 
 import pytest
 
 from harness import cli
-from harness.gate import envs
 from harness.recipe import RECIPES_DIR
 
 pytestmark = pytest.mark.slow
@@ -60,15 +57,8 @@ VLM, LLM = "qwen2.5-vl-tiny-nf4-dq-r64", "qwen2.5-tiny-nf4-dq-r16"
 
 
 @pytest.fixture
-def broken_python(tmp_path):
-    python = envs.create_layered_venv(tmp_path / "broken-venv", sys.executable, with_pip=False)
-    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    with open(f"{site}/qlora_training_breaker.py", "w") as f:
-        f.write(BREAKER)
-    with open(f"{site}/qlora_training_breaker.pth", "w") as f:
-        f.write("import qlora_training_breaker\n")
-    return python
+def broken_python(tmp_path, breaker_venv):
+    return breaker_venv(tmp_path / "broken-venv", "qlora_training_breaker", BREAKER)
 
 
 def test_a_candidate_that_renames_keys_labels_the_prompt_shifts_positions_and_doubles_scaling_fails_naming_each(

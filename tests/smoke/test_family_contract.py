@@ -13,6 +13,7 @@ import pytest
 from harness import families
 from harness.families import VLM, FamilySpec, Inputs
 from harness.families._tokens import byte_level_tokenizer
+from harness.families.base import LLAVA_ROLES
 from harness.gate.facts import case_facts
 from harness.model import pipeline
 from harness.model.load import check_roles, meta_model
@@ -64,13 +65,7 @@ TOY = FamilySpec(
         image_token_index=256 + SPECIALS.index(IMAGE), vision_feature_select_strategy="default",
         vision_feature_layer=-2, projector_hidden_act="gelu")},
     published_params={},
-    roles={
-        "projector": r"(^|\.)multi_modal_projector(\.|$)",
-        "vision_tower": r"(^|\.)vision_tower(\.|$)",
-        "embeddings": r"(^|\.)embed_tokens$",
-        "head": r"(^|\.)lm_head$",
-        "language_backbone": r"(^|\.)language_model\.(model\.)?(layers|norm)(\.|$)",
-    },
+    roles=LLAVA_ROLES,
     write_processor=write_processor,
     tiny_image_size=IMAGE_SIZE,
     inputs=Inputs(turn_end="</s>", image_token=IMAGE, image_token_id="image_token_index", image_tokens=image_tokens),
