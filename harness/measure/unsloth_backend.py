@@ -47,10 +47,24 @@ def _add_lora(fast, model, family, recipe):
     return fast.get_peft_model(model, target_modules=list(lo.target_modules), **common)
 
 
+def _stopwatch(figures: dict):
+    """Return lap(name): store the seconds since the previous lap (or since now) in figures[name]."""
+    last = [time.perf_counter()]
+
+    def lap(name: str) -> None:
+        now = time.perf_counter()
+        figures[name], last[0] = now - last[0], now
+
+    return lap
+
+
 def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -> dict:
     """Return the Unsloth record of a case: audits, static VRAM, steps by batch size (compile time apart)."""
+    started = time.perf_counter()
     import torch
     import unsloth  # noqa: F401 - first, so that its patches apply before transformers is used
+
+    import_s = time.perf_counter() - started
 
     from harness.checks import inputs, train
     from harness.checks.audit import audit
@@ -68,6 +82,8 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
     record = {"case": case.id, "gpu": env.gpu_fingerprint(), "versions": env.library_versions(),
               "recipe": {"name": recipe.name, "backend": recipe.backend}, "figures": {}, "steps": []}
     figures = record["figures"]
+    figures["import_time_s"] = import_s  # where the child's time goes: recorded for the phase line, never gated
+    lap = _stopwatch(figures)
 
     probe.warm_up()
     before = probe.static_memory()
@@ -78,9 +94,11 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
     figures.update({"static_allocated_bytes": static["allocated_bytes"],
                     "static_reserved_bytes": static["reserved_bytes"],
                     "minimum_bytes": memory.inventory_bytes(model, recipe.quantization.double_quant)["total"]})
+    lap("warm_up_and_load_time_s")
     targets = lora.lora_targets(model, family, recipe)
     record["expected_trainable_params"] = lora.expected_trainable_params(model, targets, recipe)
     model = _add_lora(fast, model, family, recipe)
+    lap("lora_time_s")
     report = audit(model, family, recipe, case.id)
     record["violations"] = report.violations(recipe)
     record["trainable_params"] = report.trainable_params
@@ -95,12 +113,14 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
     record["without_gradient"] = train.without_gradient(model)
     model.zero_grad(set_to_none=True)
     del optimizer, batch
+    lap("gradient_check_time_s")
 
     fast.for_inference(model)
     prompt = inputs.example_batch(family, processor).to("cuda")
     first, second = greedy(model, prompt), greedy(model, prompt)
     record["generation"] = {"tokens": first.tolist(), "deterministic": bool(torch.equal(first, second))}
     fast.for_training(model)
+    lap("generation_time_s")
 
     for n in batch_sizes:
         batch = inputs.sized_batch(family, processor, n, t.image_size, t.seq_len, "cuda")
@@ -109,6 +129,8 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
         record["steps"].append(step.as_dict())
         figures.update(step_figures(step, static["allocated_bytes"], before["allocated_bytes"]))
         figures.pop(f"checkpointed_calls_bs{n}", None)  # Unsloth checkpoints its own way: transformers' hook never sees it
+    lap("steps_time_s")
+    figures["total_time_s"] = time.perf_counter() - started
     figures["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return record
 
@@ -142,11 +164,15 @@ def run_isolated(family: str, size: str, checkpoint: Path, batch_sizes, out: Pat
 
     root = str(Path(harness.__file__).resolve().parent.parent)  # where harness imports from: checkout or site-packages
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+    wall_s = time.perf_counter() - started
     if not out.is_file():
         raise HarnessError(f"the Unsloth child process for {family}-{size} exited {done.returncode} without a record; "
                            f"its output ends:\n{(done.stdout + done.stderr)[-3000:]}")
     record = json.loads(out.read_text())
+    if isinstance(record.get("figures"), dict):
+        record["figures"]["child_wall_time_s"] = wall_s  # interpreter start and imports included
     record["log_tail"] = (done.stdout + done.stderr)[-3000:]
     return record
 

@@ -18,7 +18,7 @@ import pytest
 from harness.measure import baselines, probe, variants
 from harness.measure.matrix import COMPARISONS, GPU_MATRIX, UNSLOTH_CASES
 from harness.model import disk, pipeline
-from harness.plugin import phases
+from harness.plugin import phases, shared
 from harness.recipe import default_recipe
 from harness.util import env
 from harness.util.units import parse_bytes
@@ -146,26 +146,32 @@ def baseline_problems(pytestconfig, cuda):
 
 
 @pytest.fixture(scope="session")
-def unsloth_profile_of(cuda, cache_dir, tmp_path_factory):
-    """Return a function (family, size) -> the Unsloth record of that case, run once per session."""
+def unsloth_profile_of(cuda, cache_dir, tmp_path_factory, request):
+    """Return a function (family, size) -> the Unsloth record of that case, run once per test run (under xdist the
+    workers share it: the side-by-side comparison and the Unsloth tests ask from different workers)."""
     from harness.measure import unsloth_backend
 
     reason = unsloth_backend.unavailable()
     records = {}
+    folder = shared.run_folder(request, cache_dir)
+
+    def compute(family: str, size: str) -> dict:
+        sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
+        case = pipeline.case(family, size, default_recipe(family))
+        _Held.profile, _Held.key = None, None
+        probe.release()
+        out = tmp_path_factory.mktemp("unsloth") / f"{family}-{size}.json"
+        with pipeline.reading(case, cache_dir, device="cuda") as checkpoint:  # the child loads it
+            start = time.perf_counter()
+            record = unsloth_backend.run_isolated(family, size, checkpoint, sizes, out)
+            phases.add("unsloth", time.perf_counter() - start)
+        return record
 
     def run(family: str, size: str) -> dict:
         if reason:
             pytest.skip(reason)
         if (family, size) not in records:
-            sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
-            case = pipeline.case(family, size, default_recipe(family))
-            _Held.profile, _Held.key = None, None
-            probe.release()
-            out = tmp_path_factory.mktemp("unsloth") / f"{family}-{size}.json"
-            with pipeline.reading(case, cache_dir, device="cuda") as folder:  # the child loads it
-                start = time.perf_counter()
-                records[(family, size)] = unsloth_backend.run_isolated(family, size, folder, sizes, out)
-                phases.add("unsloth", time.perf_counter() - start)
+            records[(family, size)], _ = shared.once(folder, f"unsloth-{family}-{size}", lambda: compute(family, size))
         return records[(family, size)]
 
     return run

@@ -35,6 +35,8 @@ def test_unsloth_steps_run_with_compile_time_reported_apart(record):
         print(f"{record['case']} batch {step['batch_size']}: first step (compile) {step['warmup_time_ms'] / 1000:.1f} s, "
               f"step {step['step_time_ms']:.0f} ms, peak {step['peak_allocated_bytes'] / 2**30:.2f} GiB, "
               f"host RSS {step['host_rss_bytes'] / 2**30:.2f} GiB")
+    times = {k.removesuffix("_time_s"): v for k, v in record["figures"].items() if k.endswith("_time_s")}
+    print(f"{record['case']} seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
 
 
 def test_unsloth_memory_matches_the_stored_baseline(record, baseline_problems):

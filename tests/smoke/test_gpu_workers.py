@@ -64,3 +64,42 @@ def test_n_auto_on_the_gpu_tier_starts_one_worker_per_card(pytester, monkeypatch
 
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*3 workers*"])
+
+
+SHARED = """
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.plugin import shared
+
+
+@pytest.fixture
+def record(request):
+    def compute():
+        with open(os.environ["COMPUTED"], "a") as f:
+            f.write(os.environ.get("PYTEST_XDIST_WORKER", "-") + "\\n")
+        return {"value": 42}
+
+    return shared.once(shared.run_folder(request, Path(os.environ["CACHE"])), "expensive", compute)[0]
+
+
+@pytest.mark.parametrize("n", range(4))
+def test_asks_for_the_record(record, n):
+    assert record == {"value": 42}
+"""
+
+
+def test_a_record_shared_by_the_workers_of_a_run_is_computed_once(pytester, monkeypatch):
+    # the GPU tier's Unsloth runs: asked for by several workers, minutes each, run once per test run
+    pytester.makepyfile(test_shared=SHARED)
+    computed = pytester.path / "computed.txt"
+    monkeypatch.setenv("COMPUTED", str(computed))
+    monkeypatch.setenv("CACHE", str(pytester.mkdir("cache")))
+
+    for _ in range(2):  # a second run computes it again: the record belongs to one run
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", "load")
+        result.assert_outcomes(passed=4)
+
+    assert len(computed.read_text().splitlines()) == 2
