@@ -6,7 +6,7 @@ from pathlib import Path
 
 from harness.model import pipeline
 from harness.model.generate import logits
-from harness.model.lora import is_lora_name
+from harness.model.lora import is_lora_name, prepare_for_training
 
 
 @dataclass
@@ -45,6 +45,7 @@ def round_trip(harnessed: pipeline.Harnessed, batch, folder: Path, cache_dir: Pa
     harnessed.model.save_pretrained(folder)
     saved = load_peft_weights(str(folder))
     _, base = pipeline.load_base(harnessed.case, cache_dir, device)
+    base = prepare_for_training(base, harnessed.case.recipe)  # as the trained one was (k-bit preparation upcasts)
     reloaded = PeftModel.from_pretrained(base, folder)
     result = set_peft_model_state_dict(reloaded, saved)
     lora_names = {n for n, _ in reloaded.named_parameters() if is_lora_name(n)}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from harness.util.errors import HarnessError
 
-from . import artifacts, compare, envs, verdict
+from . import artifacts, causes, compare, envs, verdict
 
 DEFAULT_OUT = "gate-verdict"
 
@@ -19,8 +19,9 @@ def add_arguments(p) -> None:
             "for a venv the gate builds over this interpreter and caches; default: this interpreter")
     p.add_argument("--reference", nargs="+", metavar="PYTHON|SPEC", help=f"the environment trusted now: {side}")
     p.add_argument("--candidate", nargs="+", metavar="PYTHON|SPEC", help=f"the environment to vet: {side}")
-    p.add_argument("--recipe", action="append", default=[], metavar="PATH",
-                   help="a recipe YAML whose expectations are checked (repeatable; default: every family's default recipe)")
+    p.add_argument("--recipe", action="extend", nargs="+", default=[], metavar="PATH",
+                   help="recipe YAML files whose expectations are checked (several after one --recipe, as a shell glob "
+                        "gives them, or --recipe repeated; default: every family's default recipe)")
     p.add_argument("--size", default="tiny", help="model size to build the synthetic checkpoints at (default: tiny, CPU)")
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"where verdict.md and verdict.json go (default: {DEFAULT_OUT})")
     p.add_argument("--tolerance", type=float, default=compare.DEFAULT_TOLERANCE,
@@ -76,8 +77,11 @@ def _say(message: str) -> None:
 
 
 def _collect(step: str, sides: dict[str, envs.Environment], args: list[str], out: Path, pythonpath: Path,
-             parallel: bool = False, extra: dict[str, list[str]] | None = None) -> dict[str, dict]:
-    """Run one step of the collector (describe, prepare or collect) in the named sides; return each one's JSON."""
+             parallel: bool = False, extra: dict[str, list[str]] | None = None,
+             failed: dict[str, str] | None = None) -> dict[str, dict]:
+    """Run one step of the collector (describe, prepare or collect) in the named sides; return each one's JSON.
+
+    A side whose collector fails raises _CollectorFailed, or, with `failed` given, is recorded there (side: why)."""
     files = {name: out / "facts" / f"{name}-{step}.json" for name in sides}
     logs = {name: out / "logs" / f"{name}-{step}.log" for name in sides}
     for name, env in sides.items():
@@ -89,9 +93,12 @@ def _collect(step: str, sides: dict[str, envs.Environment], args: list[str], out
     results = {}
     for name in sorted(sides, key=lambda n: n != "reference"):  # a broken reference is reported first
         if statuses[name] != 0 or not files[name].is_file():
-            raise _CollectorFailed(name, f"the {name} environment ({sides[name].label}) could not run the harness "
-                                         f"collector (exit status {statuses[name]}); {logs[name]} ends:\n"
-                                         f"{envs.log_tail(logs[name])}", results)
+            why = (f"the {name} environment ({sides[name].label}) could not run the harness collector (exit status "
+                   f"{statuses[name]}); {logs[name]} ends:\n{envs.log_tail(logs[name])}")
+            if failed is not None:
+                failed[name] = why
+                continue
+            raise _CollectorFailed(name, why, results)
         results[name] = json.loads(files[name].read_text())
         if results[name].get("harness") != ours:
             raise HarnessError(f"the {name} environment imported the harness from {results[name].get('harness')}, "
@@ -129,6 +136,70 @@ def device_for(ref: dict, cand: dict) -> tuple[str, str | None]:
     return "cpu", "no CUDA GPU" if len(lacking) == 2 else f"no CUDA GPU in the {lacking[0]} environment"
 
 
+def _name_causes(rows, sides, described, facts, common, args, cache_dir: Path, out: Path, pythonpath: Path,
+                 parallel: bool, saves: dict[str, Path]) -> None:
+    """Name the library behind each failing or changed row, re-running the reference with one library at a time
+    from the candidate where more than one differs (harness.gate.causes). Rows of the carry step are re-run as
+    loads too: each such reference loads what each side saved (saves), as that side's loader did."""
+    if not any(r.status in (compare.FAIL, compare.CHANGED) and r.case != "*" and not r.cause for r in rows):
+        return
+    named = list(dict.fromkeys(n for env in sides.values() for n in causes.spec_names(env.specs)))
+    names = list(causes.TRACKED) + named
+    # A venv's python links to the interpreter it was made from: compare the paths as given, not resolved.
+    here = [n for n, env in sides.items() if not env.specs and env.python.absolute() == Path(sys.executable).absolute()]
+    base = described[here[0]]["versions"] if here else _collect(
+        "describe", {"gate": envs.Environment(Path(sys.executable))}, ["--describe"], out, pythonpath)["gate"]["versions"]
+
+    def with_named(versions: dict, python: Path) -> dict:  # the specs' libraries, which describe may not list
+        found = envs.installed(python, named) if named else {}
+        return {**versions, **{n: (found.get(n) or {}).get("version") for n in named}}
+
+    ref = with_named(described["reference"]["versions"], sides["reference"].python)
+    cand = with_named(described["candidate"]["versions"], sides["candidate"].python)
+    base = with_named(base, Path(sys.executable))
+    sources = causes.failing_sources(rows, facts["reference"])
+
+    def rerun(wanted: dict[str, list[str]]) -> dict:
+        found, hybrids = {}, {}
+        for library, specs in wanted.items():
+            try:
+                hybrids[library] = envs.venv_for(specs, cache_dir, say=_say) if specs else envs.Environment(Path(sys.executable))
+            except HarnessError as e:
+                found[library] = f"cannot build it: {str(e).splitlines()[0]}"
+        recipes = [a for r in sources for a in ("--recipe", r)]
+        carried = [a for r in causes.failing_sources([r for r in rows if causes.is_carried(r)], facts["reference"])
+                   for a in ("--recipe", r)]
+        # On CPU the re-runs go at once, as the sides did; on a GPU one at a time: each holds the machine as a side did.
+        failed: dict[str, str] = {}
+        got = _collect("cause", {f"reference-with-{library}": env for library, env in hybrids.items()},
+                       common + recipes, out, pythonpath, parallel=parallel, failed=failed)
+        ran = {library: env for library, env in hybrids.items() if f"reference-with-{library}" not in failed}
+        loads = {}  # {saver: {side: facts}}: each hybrid loading what a side saved, as the other side's loader did
+        for saver in (n for n in saves if carried):
+            tag = f"cause-carry-{saver}"
+            loads[saver] = _collect(tag, {f"reference-with-{library}": env for library, env in ran.items()},
+                                    common + carried + ["--tolerance", str(args.tolerance),
+                                                        "--load-artifacts", str(saves[saver]), "--saved-by", saver],
+                                    out, pythonpath, parallel=parallel, failed=failed)
+        for library in hybrids:
+            side = f"reference-with-{library}"
+            if side in failed:
+                last = [line for line in failed[side].splitlines() if line.strip()][-1]
+                found[library] = f"it did not run, see {out / 'logs'} ({side}-cause*.log): {last.strip()}"
+                continue
+            kept = {k: v for k, v in facts["reference"]["cases"].items() if k in got[side]["cases"]}
+            found[library] = compare.compare({**facts["reference"], "cases": kept}, got[side], args.tolerance)
+            if loads:  # as carried_rows names them: "... in the reference" loaded the candidate's, and back
+                found[library] += artifacts.carried_rows(loads["candidate"][side], loads["reference"][side])
+        return found
+
+    attempts = causes.name_causes(rows, ref, cand, base, names, rerun)
+    for a in attempts:
+        _say(f"named causes: reference + {causes.change(a.library, ref, cand)}: "
+             + (a.error or f"{sum(r.status == compare.FAIL for r in a.rows.values())} fail, "
+                           f"{sum(r.status == compare.CHANGED for r in a.rows.values())} changed"))
+
+
 def run(args) -> int:
     """Run the gate; return 0 when the candidate keeps every check, 1 on a regression (HarnessError for bad input)."""
     from harness.model.synth import default_cache_dir
@@ -162,6 +233,7 @@ def run(args) -> int:
             facts = _collect("collect", sides, common, out, pythonpath, parallel=memory_skip is not None,
                              extra={n: ["--artifacts", str(f)] for n, f in saves.items()})
             rows = compare.compare(facts["reference"], facts["candidate"], args.tolerance)
+            checks = common[:common.index("--recipe")] + [a for pair in shared for a in ("--checkpoint", pair)]
             same = compare.same_errors(facts["reference"], facts["candidate"])
             if same:  # not a regression: the input is wrong for both
                 key, error = next(iter(same.items()))
@@ -173,6 +245,8 @@ def run(args) -> int:
                                  parallel=memory_skip is not None,
                                  extra={n: ["--load-artifacts", str(saves[other[n]]), "--saved-by", other[n]] for n in sides})
                 rows += artifacts.carried_rows(loads["reference"], loads["candidate"])
+            _name_causes(rows, sides, described, facts, checks, args, cache_dir, out, pythonpath,
+                         parallel=memory_skip is not None, saves=saves)
         except _CollectorFailed as e:
             if e.side == "reference":
                 raise HarnessError(f"{e}\nfix the reference environment first: the gate has nothing to compare against") from None
@@ -186,5 +260,5 @@ def run(args) -> int:
           f"{c['skipped']} skipped; verdict in {md_path} and verdict.json")
     for row in rows:
         if row.status == compare.FAIL:
-            print(f"  FAIL {row.case}, {row.check}: {row.message}")
+            print(f"  FAIL {row.case}, {row.check}: {row.message}" + (f" — cause: {row.cause}" if row.cause else ""))
     return 1 if compare.regressed(rows) else 0

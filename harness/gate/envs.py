@@ -176,17 +176,19 @@ def _build(folder: Path, specs: list[str], base_python: Path) -> None:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    python = create_layered_venv(folder, base_python)
+    # The base interpreter's pip, seen through the layering, installs into the venv's prefix: no ensurepip (~10 s).
+    has_pip = subprocess.run([str(base_python), "-c", "import pip"], capture_output=True).returncode == 0
+    python = create_layered_venv(folder, base_python, with_pip=not has_pip)
     named = {canonicalize_name(Requirement(s).name) for s in specs}
     # A spec whose dependencies want another torch must not pull one (an unpinned torch downloads gigabytes of
     # CUDA wheels): torch stays the base interpreter's unless a spec names it.
-    base_torch = _installed(base_python, ["torch"]).get("torch")
+    base_torch = installed(base_python, ["torch"]).get("torch")
     constraints = folder / "constraints.txt"
     constraints.write_text("" if "torch" in named or not base_torch else f"torch=={base_torch['version']}\n")
     log = pip_log(folder)  # beside the venv, not in it: a failed build removes the venv and the log must stay
     _run([str(python), "-m", "pip", "install", "--disable-pip-version-check", "-c", str(constraints), *specs],
          f"pip install {' '.join(specs)} (log: {log})", log=log)
-    found = _installed(python, sorted(named))
+    found = installed(python, sorted(named))
     for spec in specs:
         req = Requirement(spec)
         got = found.get(canonicalize_name(req.name))
@@ -207,7 +209,8 @@ def pip_log(folder: Path) -> Path:
     return Path(folder).parent / f"{Path(folder).name}.pip-install.log"
 
 
-def _installed(python: Path, names: list[str]) -> dict:
+def installed(python: Path, names: list[str]) -> dict:
+    """Return {name: {version, location}} of the named distributions an interpreter has (absent ones left out)."""
     script = ("import importlib.metadata as md, json, sys\n"
               "out = {}\n"
               "for name in sys.argv[1:]:\n"

@@ -3,7 +3,9 @@
 A fact is plain data: {"check", "kind", "value", "shown", "ok", "problems", "must_match"}. Kinds:
   check     judged in its own environment by a harness check (ok, problems); the other side's value is compared too
   logits    numbers compared with the other environment's within a tolerance
-  tokens    greedy token ids, compared exactly
+  tokens    greedy token ids with what each step chose from; differing tokens fail unless the reference's top-2
+            margin at the first difference is below the logits difference (a near-tie)
+  answers   a trained checkpoint's answers, compared exactly (no near-ties there)
   memory    GPU bytes, compared as baselines are (harness.measure.baselines)
   status    a GPU step's ok / oom, compared exactly
   figure    a recorded GPU figure (times, host memory), reported, not gated
@@ -15,14 +17,17 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from harness.checks import adapters, inputs, train
+from harness.checks import adapters, checkpointing, inputs, train
 from harness.checks.audit import audit
 from harness.families import DUAL_ENCODER, VLM
 from harness.measure.baselines import GATED_PREFIXES
 from harness.model import load, lora, pipeline
-from harness.model.generate import greedy, logits
+from harness.model.generate import greedy_scored, logits
 
 CHECK, LOGITS, TOKENS, MEMORY, STATUS, FIGURE, SKIPPED = "check", "logits", "tokens", "memory", "status", "figure", "skipped"
+ANSWERS = "answers"
+TRAINED_COUNT = 16  # held-out scenes per task asked of a trained checkpoint
+TRAINED_REQUIRED = 14 / 16  # its accuracy per task, in this environment (every task answers 48/48 at 4-bit here)
 LOGITS_LIMIT = 65536  # logits stored whole up to this many numbers; beyond, the last position only (full sizes)
 NEW_TOKENS = 8
 STEP_BATCH_SIZES = (1, 2)  # GPU training steps measured per case
@@ -112,8 +117,16 @@ def generation_facts(c: pipeline.Case, model, out, batch) -> list[dict]:
         out, shape = out[..., -1, :], shape[:-2] + ["last"] + shape[-1:]
     facts = [fact("logits", LOGITS, {"shape": shape, "float32_base64": encode(out)}, f"shape {tuple(shape)}")]
     if c.family.generates:
-        tokens = greedy(model, batch, max_new_tokens=NEW_TOKENS).tolist()
-        facts.append(fact("greedy tokens", TOKENS, tokens, " ".join(str(t) for t in tokens[0])))
+        tokens, values, ids, argmax = greedy_scored(model, batch, max_new_tokens=NEW_TOKENS)
+        rows = tokens.tolist()
+        facts.append(fact("greedy tokens", TOKENS, {"tokens": rows, "top_values": values.tolist(), "top_ids": ids.tolist()},
+                          " ".join(str(t) for t in rows[0])))
+        off = [(b, p) for b, row in enumerate(argmax.tolist()) for p, ok in enumerate(row) if not ok]
+        problems = [f"greedy decoding of {c.id}: generate(do_sample=False) should pick each step's best-scoring token, "
+                    f"found {len(off)} of {argmax.numel()} new tokens that are not (first: sample {off[0][0]}, new token "
+                    f"{off[0][1]}): generation samples or reorders instead of decoding greedily"] if off else []
+        facts.append(fact("greedy decoding picks the argmax", CHECK, len(off),
+                          "every token the argmax" if not off else f"{len(off)} tokens not the argmax", problems))
     return facts
 
 
@@ -167,7 +180,14 @@ def training_facts(h: pipeline.Harnessed, batch) -> list[dict]:
     facts = [fact("step leaves frozen weights", CHECK, len(changed),
                   "frozen bytes unchanged" if not changed else f"{len(changed)} frozen changed", problems)]
     # LoRA B starts at zero, so A's gradient is zero until one step has moved B: the backward follows the step.
-    train.backward(h.model, batch)
+    with checkpointing.counting(h.model) as counted:
+        train.backward(h.model, batch)
+    wanted = h.case.recipe.training.gradient_checkpointing
+    problem = counted.problem(wanted)
+    facts.append(fact(f"gradient checkpointing {'acts' if wanted else 'stays off'}", CHECK,
+                      {"enabled_layers": counted.enabled_layers, "checkpointed_calls": counted.checkpointed_calls},
+                      f"{counted.checkpointed_calls} checkpointed layer calls, {counted.enabled_layers} layers enabled",
+                      [f"gradient checkpointing of {name}: {problem}"] if problem else []))
     trainable = sum(1 for p in h.model.parameters() if p.requires_grad)
     missing = train.without_gradient(h.model)
     problems = [f"gradients of {name}: expected every trainable parameter to get a gradient after a step, found "
@@ -186,6 +206,40 @@ def round_trip_fact(h: pipeline.Harnessed, batch, cache_dir: Path, device: str) 
     shown = f"{trip.saved_keys} keys saved, {trip.lora_params - len(trip.missing_lora_keys)} reloaded, " + (
         "outputs identical" if trip.same_outputs else "outputs differ")
     return fact("adapter round-trip", CHECK, value, shown, trip.problems(h.case.id))
+
+
+def trained_facts(c: pipeline.Case, device: str) -> list[dict]:
+    """Return a trained tiny checkpoint's answers on held-out scenes, loaded with the case's recipe, and whether it
+    still answers them (the shipped checkpoints of fixtures/train_tiny.py: no near-ties, so any other answer is a
+    change of the model or its decoding)."""
+    from harness.tasks import learn, shapes
+
+    name = f"{c.family.name}-shapes"
+    if c.size != "tiny" or not (learn.FIXTURES / name / learn.TRAINED_META).is_file():
+        why = "trained checkpoints are tiny" if c.size != "tiny" else f"no trained checkpoint for {c.family.name}"
+        return [fact("trained checkpoint answers", SKIPPED, None, f"skipped: {why}")]
+    folder, record = learn.trained_checkpoint(name)
+    model = load.load_model(folder, c.family, c.recipe, device=device)
+    processor = load.load_processor(folder, c.family)
+    scenes = learn.eval_scenes(record, TRAINED_COUNT)
+    if c.family.kind == DUAL_ENCODER:
+        classes = shapes.caption_classes()
+        predicted = learn.clip_predictions(model, processor, [s.image() for s in scenes],
+                                           [shapes.caption(*k) for k in classes], family=c.family)
+        answers = {"caption": [shapes.caption(*classes[i]) for i in predicted]}
+        right = {"caption": sum(classes[i] == (s.colour, s.shape) for i, s in zip(predicted, scenes)) / len(scenes)}
+    else:
+        answers, right = {}, {}
+        for task in record["tasks"]:
+            samples = shapes.ask(scenes, task)
+            answers[task] = learn.generate_answers(model, c.family, processor, samples)
+            right[task] = learn.accuracy(samples, answers[task])
+    shown = ", ".join(f"{t} {round(a * len(scenes))}/{len(scenes)}" for t, a in right.items())
+    short = {t: a for t, a in right.items() if a < TRAINED_REQUIRED}
+    problems = [f"trained checkpoint {name} under {c.id}: expected at least {TRAINED_REQUIRED:.0%} right per task "
+                f"({shown}), found {', '.join(short)} below"] if short else []
+    return [fact("trained checkpoint answers its tasks", CHECK, right, shown, problems),
+            fact("trained checkpoint answers", ANSWERS, answers, shown)]
 
 
 def memory_facts(c: pipeline.Case, cache_dir: Path) -> list[dict]:
@@ -244,6 +298,7 @@ def case_facts(c: pipeline.Case, cache_dir: Path, device: str = "cpu", memory_sk
     facts += found(training_facts(h, inputs.example_batch(family, processor, count=2, train=True).to(device)))
     facts += found([round_trip_fact(h, batch, cache_dir, device)])
     del h
+    facts += found(trained_facts(c, device))
     if memory_skip is None:
         facts += found(memory_facts(c, cache_dir))
     else:

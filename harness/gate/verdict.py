@@ -49,7 +49,8 @@ def markdown(verdict: dict) -> str:
     for status, title in ((FAIL, "Failures"), (CHANGED, "Changed")):
         chosen = [r for r in verdict["rows"] if r["status"] == status]
         if chosen:
-            lines += [f"## {title}", ""] + [f"- **{r['case']}**, {r['check']}: {_cell(r['message'])}" for r in chosen] + [""]
+            lines += [f"## {title}", ""] + [f"- **{r['case']}**, {r['check']}: {_cell(r['message'])}"
+                                            + (f" — **cause**: {_cell(r['cause'])}" if r.get("cause") else "") for r in chosen] + [""]
     lines += ["## All checks", "", "| case | check | status | reference | candidate |", "|---|---|---|---|---|"]
     for r in verdict["rows"]:
         status = f"**{r['status']}**" if r["status"] == FAIL else r["status"]

@@ -11,7 +11,7 @@ import torch
 from harness import cli
 from harness.gate import command, compare, envs, verdict
 from harness.gate.envs import MARKER
-from harness.gate.facts import CHECK, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, encode, fact
+from harness.gate.facts import ANSWERS, CHECK, LOGITS, MEMORY, SKIPPED, STATUS, TOKENS, encode, fact
 from harness.recipe import RECIPES_DIR
 from harness.util.errors import HarnessError
 
@@ -22,7 +22,7 @@ SUMMARY_16BIT = {"linear4bit": 0, "linear16": 10, "linear32": 0, "lora_modules":
 
 
 def facts_file(*facts, versions=VERSIONS_457, error=None):
-    return {"format": 1, "versions": versions, "cases": {CASE: {"error": error, "facts": list(facts)}}}
+    return {"format": 2, "versions": versions, "cases": {CASE: {"error": error, "facts": list(facts)}}}
 
 
 def row_of(ref_fact, cand_fact, tolerance=0.05):
@@ -87,9 +87,44 @@ def test_logits_of_another_shape_fail():
     assert row.status == compare.FAIL and "shape (1, 2) in the reference, (1, 3) in the candidate" in row.message
 
 
-def test_other_greedy_tokens_are_a_change():
+def tokens_fact(tokens, top_ids, top_values):
+    return fact("greedy tokens", TOKENS, {"tokens": [tokens], "top_ids": [top_ids], "top_values": [top_values]},
+                " ".join(map(str, tokens)))
+
+
+def test_greedy_tokens_that_part_where_the_reference_was_sure_fail_even_when_the_logits_agree():
+    ref = tokens_fact([1, 2], [[1, 5], [2, 3]], [[9.0, 1.0], [4.0, 1.0]])  # margin 3.0 at the second token
+    cand = tokens_fact([1, 3], [[1, 5], [3, 2]], [[9.0, 1.0], [4.1, 3.9]])
+    rows = compare.compare(facts_file(logits_fact([[0.0, 1.0, 2.0, 3.0]]), ref),
+                           facts_file(logits_fact([[0.0, 1.0, 2.0, 3.01]]), cand, versions=VERSIONS_5))
+    logits_row, tokens_row = rows
+    assert logits_row.status == compare.PASS and tokens_row.status == compare.FAIL
+    assert tokens_row.message.startswith(f"greedy tokens of {CASE} differ from the reference's at sample 0, new token 1, "
+                                         "and not at a near-tie: the reference's top-2 margin there is 3, not below the logits "
+                                         "difference (the logits moved by max |Δ| 0.01; the scores at that step by 3.1)")
+
+
+def test_greedy_tokens_that_part_at_a_near_tie_are_a_change_that_says_so():
+    ref = tokens_fact([1, 2], [[1, 5], [2, 3]], [[9.0, 1.0], [4.0, 3.99]])  # margin 0.01 at the second token
+    cand = tokens_fact([1, 3], [[1, 5], [3, 2]], [[9.0, 1.0], [4.02, 3.98]])
+    rows = compare.compare(facts_file(logits_fact([[0.0, 1.0, 2.0, 3.0]]), ref),
+                           facts_file(logits_fact([[0.0, 1.0, 2.0, 3.02]]), cand, versions=VERSIONS_5))
+    assert rows[1].status == compare.CHANGED
+    assert rows[1].message.startswith(f"greedy tokens of {CASE} part at sample 0, new token 1: a near-tie, the reference's "
+                                      "top-2 margin there 0.01 is below the logits difference")
+
+
+def test_tokens_without_scores_that_differ_fail():
     row = row_of(fact("greedy tokens", TOKENS, [[1, 2]], "1 2"), fact("greedy tokens", TOKENS, [[1, 3]], "1 3"))
-    assert (row.status, row.reference, row.candidate) == (compare.CHANGED, "1 2", "1 3")
+    assert row.status == compare.FAIL and "recorded no scores to tell a near-tie" in row.message
+
+
+def test_other_answers_of_a_trained_checkpoint_fail_naming_the_first():
+    row = row_of(fact("trained checkpoint answers", ANSWERS, {"colour": ["red", "blue"]}, ""),
+                 fact("trained checkpoint answers", ANSWERS, {"colour": ["red", "green"]}, ""))
+    assert row.status == compare.FAIL
+    assert row.message.startswith(f"trained checkpoint answers of {CASE}: 1 of 2 differ from the reference's (first: "
+                                  "colour question 1, reference 'blue', candidate 'green')")
 
 
 def test_gpu_memory_gates_like_a_baseline_with_versions_named():
@@ -118,29 +153,44 @@ def test_a_case_that_raises_in_the_candidate_fails():
     assert rows[0].message == f"{CASE}: the candidate raised AttributeError: 'NoneType' has no attribute 'qkv'"
 
 
+def test_a_case_that_raises_in_the_reference_only_is_a_change_and_the_candidates_checks_are_judged_alone():
+    broken = fact("step leaves frozen weights", CHECK, 1, "1 frozen changed", ["training step of case: 1 frozen changed"])
+    rows = compare.compare(facts_file(error="ValueError: reentrant checkpointing needs inputs that require grad"),
+                           facts_file(broken, fact("trainable params", CHECK, 10, "10"), versions=VERSIONS_5))
+    assert [(r.check, r.status) for r in rows] == [("case runs", compare.CHANGED), ("step leaves frozen weights", compare.FAIL)]
+    assert rows[0].message.startswith(f"{CASE}: the reference raised ValueError: reentrant checkpointing")
+    assert rows[1].message == "training step of case: 1 frozen changed"
+
+
+def test_a_check_both_sides_break_fails_saying_the_sides_do_not_differ_in_it():
+    broken = fact("step leaves frozen weights", CHECK, 1, "1 frozen changed", ["training step of case: 1 frozen changed"])
+    row = row_of(broken, broken)
+    assert row.status == compare.FAIL and row.cause.startswith("none between the sides: the reference breaks this check too")
+
+
 def test_fact_files_of_different_formats_are_refused():
     with pytest.raises(HarnessError, match="different formats"):
-        compare.compare(facts_file(), {**facts_file(), "format": 2})
+        compare.compare(facts_file(), {**facts_file(), "format": 1})
 
 
 def test_the_verdict_lists_versions_failures_and_every_row(tmp_path):
     ok = fact("trainable params", CHECK, 10, "10", must_match=True)
-    rows = compare.compare(facts_file(ok, fact("greedy tokens", TOKENS, [[1]], "1")),
-                           facts_file({**ok, "value": 0, "shown": "0"}, fact("greedy tokens", TOKENS, [[2]], "2"),
-                                      versions=VERSIONS_5))
+    rows = compare.compare(facts_file(ok, logits_fact([[0.0, 1.0]]), tokens_fact([1], [[1, 2]], [[1.0, 0.99]])),
+                           facts_file({**ok, "value": 0, "shown": "0"}, logits_fact([[0.0, 1.02]]),
+                                      tokens_fact([2], [[2, 1]], [[1.0, 0.99]]), versions=VERSIONS_5))
     result = verdict.build(rows, verdict.side("transformers==4.57.1", {"python": "/venv/bin/python", "versions": VERSIONS_457}),
                            verdict.side("/usr/bin/python", {"python": "/usr/bin/python", "versions": VERSIONS_5}),
                            tolerance=0.05, notes=["checkpoints built by the reference"])
     md_path, json_path = verdict.write(tmp_path / "out", result)
 
     text = md_path.read_text()
-    assert text.startswith("# qlora-harness gate: FAIL\n\n2 checks: 0 pass, 1 changed, 1 fail, 0 skipped")
+    assert text.startswith("# qlora-harness gate: FAIL\n\n3 checks: 1 pass, 1 changed, 1 fail, 0 skipped")
     assert "| transformers | 4.57.1 | **5.23.0** |" in text and "| torch | 2.13.0+cpu | 2.13.0+cpu |" in text
     assert f"## Failures\n\n- **{CASE}**, trainable params: trainable params of {CASE}: reference 10, candidate 0" in text
     assert f"| {CASE} | greedy tokens | changed | 1 | 2 |" in text
     saved = json.loads(json_path.read_text())
-    assert saved["verdict"] == "fail" and saved["counts"] == {"fail": 1, "changed": 1, "pass": 0, "skipped": 0}
-    assert saved["reference"]["versions"]["transformers"] == "4.57.1" and len(saved["rows"]) == 2
+    assert saved["verdict"] == "fail" and saved["counts"] == {"fail": 1, "changed": 1, "pass": 1, "skipped": 0}
+    assert saved["reference"]["versions"]["transformers"] == "4.57.1" and len(saved["rows"]) == 3
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["verdict.json", "verdict.md"]  # no temporary left
 
 
