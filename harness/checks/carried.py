@@ -157,9 +157,31 @@ def load_merged(folder: Path, family, dtype: str = "bfloat16", device: str = "cp
     return model.eval(), load_warnings(seen)
 
 
-def base_tensors_of_roles(base, family, roles, dtype: str = "bfloat16") -> dict:
+def trained_modules(peft_model) -> list[str]:
+    """Return the base model's names of the modules that train in a peft model (LoRA on them, or saved whole): what
+    was built, whatever the recipe asked for. A merge rewrites these; every other tensor it must carry unchanged."""
+    out = set()
+    for name, param in peft_model.named_parameters():
+        if not param.requires_grad:
+            continue
+        name = name.removeprefix("base_model.model.")
+        for marker in (".lora_", ".modules_to_save.", ".original_module."):
+            if marker in name:
+                name = name.split(marker)[0] + "."
+                break
+        out.add(name.rpartition(".")[0])
+    return sorted(out)
+
+
+def _tail(module_name: str) -> str:
+    return ".".join(module_name.split(".")[-4:])
+
+
+def base_tensors_of_roles(base, family, roles, dtype: str = "bfloat16", skip_modules=()) -> dict:
     """Return {parameter name: tensor} of the given roles of a loaded base, 4-bit weights dequantized, cast to dtype
-    (what a merge writes for weights LoRA did not touch)."""
+    (what a merge writes for weights LoRA did not touch); modules in skip_modules (those that trained) left out, matched
+    on their last four name parts too, since the side that trained may name the tower's modules otherwise (transformers
+    5 renamed Gemma 3's vision_tower.vision_model.encoder to vision_tower.encoder)."""
     import bitsandbytes as bnb
     import torch
 
@@ -167,10 +189,11 @@ def base_tensors_of_roles(base, family, roles, dtype: str = "bfloat16") -> dict:
 
     target = getattr(torch, dtype)
     modules = dict(base.named_modules())
+    skip = {_tail(m) for m in skip_modules}
     out = {}
     for name, param in base.named_parameters():
         owner, _, leaf = name.rpartition(".")
-        if family.role_of(owner) not in roles:
+        if family.role_of(owner) not in roles or _tail(owner) in skip:
             continue
         module = modules.get(owner)
         value = dense_weight(module) if isinstance(module, bnb.nn.Linear4bit) and leaf == "weight" else param

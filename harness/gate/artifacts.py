@@ -57,6 +57,7 @@ def save(c: pipeline.Case, h: pipeline.Harnessed, folder: Path, cache_dir: Path,
         manifest["quantized"] = {"logits": _encoded(logits(base, batch)), "quant_states": states,
                                  "dtype": str(base.dtype).removeprefix("torch.")}
     del base
+    manifest["trained_modules"] = carried.trained_modules(h.model)  # what the merge may rewrite
     h.model.save_pretrained(folder / "adapter")
     merged = merge.merged_model(h.model, c.recipe.quantization.compute_dtype)  # before h's first inference forward
     merge.save_merged(merged, h.processor, folder / "merged")
@@ -125,11 +126,16 @@ def _load_adapter(ctx):
 def _load_merged(ctx):
     c, manifest, name = ctx["case"], ctx["manifest"], ctx["case"].id
     dtype = manifest["merged"]["dtype"]
-    roles = [r for r in FROZEN_ROLES if r in c.family.roles and r not in c.recipe.lora.target_roles]
+    # Judged by what the saving side built: tensors of modules that trained there (LoRA on them, or saved whole) may
+    # change in a merge, every other vision/projector tensor must not. A manifest without the list (older) falls back
+    # to the recipe's target roles.
+    trained = manifest.get("trained_modules")
+    roles = [r for r in FROZEN_ROLES if r in c.family.roles and (trained is not None or r not in c.recipe.lora.target_roles)]
     base_tensors = {}
     if roles:
         _, base = pipeline.load_base(c, ctx["cache_dir"], ctx["device"])
-        base_tensors = carried.base_tensors_of_roles(base, c.family, roles, dtype)
+        trained_here = [m for m in trained or () if c.family.role_of(m) in roles]  # only the tower's own count
+        base_tensors = carried.base_tensors_of_roles(base, c.family, roles, dtype, skip_modules=trained_here)
         del base
     merged, warned = carried.load_merged(ctx["folder"] / "merged", c.family, dtype, ctx["device"])
     found = carried.MergedLoad(carried.quantization_marks(merged.config), len(carried.linear4bit_names(merged)),

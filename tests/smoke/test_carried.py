@@ -143,3 +143,35 @@ def test_carry_rows_fail_when_the_candidate_cannot_load_and_soften_only_old_read
     broken_in_candidate = fact("merged 16-bit checkpoint saved by the reference loads", CHECK, None, "raised", ["x"])
     (row,) = artifacts.carried_rows(_carry_file(), _carry_file(broken_in_candidate))
     assert row.status == FAIL and row.message == "x"
+
+
+def test_a_merge_may_rewrite_only_the_vision_modules_that_trained(cache_dir, tmp_path):
+    # Judged by what was built: with LoRA on the vision tower (all-linear, a regex...) the merge rewrites those
+    # weights, and only those; a frozen vision tensor that changed is still named.
+    base_recipe = default_recipe("qwen2.5-vl")
+    recipe = base_recipe.replace(lora={"target_roles": ["language_backbone", "vision_tower"],
+                                       "target_modules": [*base_recipe.lora.target_modules, "qkv"]})
+    c = pipeline.case("qwen2.5-vl", "tiny", recipe)
+    h = pipeline.harness(c, cache_dir)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for n, p in h.model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(std=0.02)
+    trained = carried.trained_modules(h.model)
+    assert any(c.family.role_of(m) == "vision_tower" for m in trained)
+    merge.save_merged(merge.merged_model(h.model), h.processor, tmp_path / "merged")
+    _, base = pipeline.load_base(c, cache_dir)
+    model, _ = carried.load_merged(tmp_path / "merged", c.family)
+    roles = ["vision_tower", "projector"]
+
+    everything = carried.base_tensors_of_roles(base, c.family, roles)
+    untouched = carried.base_tensors_of_roles(base, c.family, roles, skip_modules=trained)
+
+    rewritten = carried.compare_roles(model, everything, c.family, dequantized_roles=roles)[1]
+    assert rewritten and all(n.rpartition(".")[0] in trained for n in rewritten)  # what the old check called changed
+    counted, changed = carried.compare_roles(model, untouched, c.family, dequantized_roles=roles)
+    assert changed == [] and counted["vision_tower"] > 0
+    frozen = next(n for n in untouched if c.family.role_of(n.rpartition(".")[0]) == "vision_tower")
+    untouched[frozen] = untouched[frozen] + 1
+    assert carried.compare_roles(model, untouched, c.family, dequantized_roles=roles)[1] == [frozen]
