@@ -81,6 +81,12 @@ def grid_image_tokens(config, batch) -> list[int]:
     return expected
 
 
+def grid_sequences(config, batch) -> list[int]:
+    """Return the patches of each image the vision tower sees: its t*h*w grid (image_grid_thw)."""
+    grids = batch.get("image_grid_thw")
+    return [] if grids is None else [int(g.prod()) for g in grids]
+
+
 def build_tokenizer(extra: tuple[str, ...] = (), chat_template: str = CHAT_TEMPLATE):
     """Return a tiny Qwen2 tokenizer: 256 byte tokens, then the real special tokens (and a family's extra ones)."""
     vocab = {ch: i for i, ch in enumerate(byte_alphabet())}
@@ -141,5 +147,5 @@ def write_vl(folder: Path, config, extra: tuple[str, ...] = (), chat_template: s
 # merged patch between <|vision_start|> and <|vision_end|>, images passed as one flat list, and transformers 5's
 # processors add mm_token_type_ids (which tokens are image, video or text) beside input_ids.
 VL_INPUTS = Inputs(turn_end=TURN_END, image_token=IMAGE_PAD, image_tokens=grid_image_tokens, per_token=("mm_token_type_ids",),
-                   pixel_unit=pixel_unit)
+                   pixel_unit=pixel_unit, vision_sequences=grid_sequences)
 TEXT_INPUTS = Inputs(turn_end=TURN_END)

@@ -45,6 +45,13 @@ class Inputs:
     # (config) -> the side in pixels of the image square one placeholder stands for, in families whose processor
     # resizes within min/max pixels (Qwen VL: patch x merge); None where the count does not follow the area
     pixel_unit: Callable[[Any], int] | None = None
+    # (config, batch) -> the sequence length of each pass the batch makes through the vision tower's layers (one per
+    # image, tile or crop the model encodes, padding tiles the model drops left out), from the processor's outputs:
+    # what the memory estimate sizes the tower's activations by
+    vision_sequences: Callable[[Any, Mapping], list[int]] | None = None
+    # whether the vision tower builds a dense (sequence x sequence) mask in the compute dtype for each pass, which its
+    # attention keeps for backward (Mllama's mask of padding tiles and patches)
+    vision_dense_mask: bool = False
     # whether the model itself raises when placeholders and image features disagree (cross-attention models
     # have no placeholder per feature to count, so only the harness can refuse)
     model_refuses_mismatch: bool = True

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import _vision
 from ._tokens import added_tokens_decoder, byte_alphabet, load_bpe_tokenizer
-from .base import DUAL_ENCODER, FamilySpec
+from .base import DUAL_ENCODER, FamilySpec, Inputs
 
 # CLIP's byte-level BPE marks word ends with </w>; the special tokens follow the byte tokens.
 _WORD_END = "</w>"
@@ -18,6 +19,11 @@ def _config(text: dict, vision: dict, projection_dim: int) -> dict:
                 eos_token_id=_EOS_ID, pad_token_id=_EOS_ID, **text)
     vision = dict(hidden_act="quick_gelu", num_channels=3, **vision)
     return dict(text_config=text, vision_config=vision, projection_dim=projection_dim)
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return each image's sequence in the tower: its patch grid and the class token."""
+    return _vision.per_image(batch["pixel_values"], config.vision_config.patch_size, extra=1)
 
 
 def write_processor(folder: Path, config) -> None:
@@ -75,6 +81,7 @@ SPEC = FamilySpec(
     write_processor=write_processor,
     default_recipe="clip.yaml",
     tiny_image_size=32,
+    inputs=Inputs(vision_sequences=vision_sequences),
     gpu_sizes=("vit-l-14", "vit-b-16"),
     gpu_batch_sizes=(8, 16, 32),
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from . import _vision
 from ._tokens import byte_level_tokenizer
 from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
 
@@ -32,6 +33,12 @@ CHAT_TEMPLATE = (
 def image_tokens(config, batch) -> list[int]:
     """Return the soft tokens each sample must carry: mm_tokens_per_image for each <start_of_image> in it."""
     return [int((row == config.boi_token_index).sum()) * config.mm_tokens_per_image for row in batch["input_ids"]]
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return each image's sequence in the SigLIP tower: its whole patch grid at the tower's resolution (64 x 64 at
+    896 pixels), before the projector pools it to mm_tokens_per_image."""
+    return _vision.per_image(batch["pixel_values"], config.vision_config.patch_size)
 
 
 def write_processor(folder: Path, config) -> None:
@@ -105,7 +112,7 @@ SPEC = FamilySpec(
     # tokens attend to each other bidirectionally; images go one list per sample.
     inputs=Inputs(turn_end="<end_of_turn>", image_token=IMAGE, image_token_id="image_token_index",
                   label_ignore=(BOI, EOI), nested_images=True, image_tokens=image_tokens,
-                  per_token=("token_type_ids",)),
+                  per_token=("token_type_ids",), vision_sequences=vision_sequences),
     init_weights=init_weights,
     gpu_sizes=("4b",),
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import _qwen
+from . import _qwen, _vision
 from ._files import save_processor_parts
 from ._tokens import byte_level_tokenizer
 from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
@@ -56,6 +56,12 @@ def image_tokens(config, batch) -> list[int]:
     if owed:
         owed[-1] += tiles - sum(owed)
     return [n * per_tile for n in owed]
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return one sequence per tile (pixel_values holds every image's tiles and thumbnails in one flat batch): its
+    patch grid and the class token, before pixel shuffle."""
+    return _vision.per_image(batch["pixel_values"], config.vision_config.patch_size, extra=1)
 
 
 def write_processor(folder: Path, config) -> None:
@@ -116,6 +122,7 @@ SPEC = FamilySpec(
     image_processor_class="GotOcr2ImageProcessor",
     default_recipe="internvl.yaml",
     tiny_image_size=32,
-    inputs=Inputs(turn_end="<|im_end|>", image_token=CONTEXT, label_ignore=(START, END), image_tokens=image_tokens),
+    inputs=Inputs(turn_end="<|im_end|>", image_token=CONTEXT, label_ignore=(START, END), image_tokens=image_tokens,
+                  vision_sequences=vision_sequences),
     gpu_sizes=("1b",),
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from . import _qwen
+from . import _qwen, _vision
 from ._files import save_processor_parts
 from ._tokens import byte_level_tokenizer
 from .base import LLAVA_ROLES, VLM, FamilySpec, Inputs
@@ -66,6 +66,13 @@ def image_tokens(config, batch) -> list[int]:
         expected.append(sum(per_image[k:k + runs]))
         k += runs
     return expected
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return one sequence per crop the tower encodes (the whole view and its anyres tiles; the padding crops the
+    processor adds to even out a batch are dropped by the model): its patch grid, no class token."""
+    pixels = batch["pixel_values"]
+    return [_vision.grid(pixels, config.vision_config.patch_size)] * _vision.real_tiles(pixels)
 
 
 def write_processor(folder: Path, config) -> None:
@@ -132,6 +139,6 @@ SPEC = FamilySpec(
     default_recipe="llava-onevision.yaml",
     tiny_image_size=16,
     inputs=Inputs(turn_end="<|im_end|>", image_token=IMAGE, image_token_id="image_token_index",
-                  image_tokens=image_tokens),
+                  image_tokens=image_tokens, vision_sequences=vision_sequences),
     gpu_sizes=("0.5b",),
 )

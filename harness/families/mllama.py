@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import _vision
 from ._tokens import byte_level_tokenizer
 from .base import VLM, FamilySpec, Inputs
 
@@ -31,6 +32,16 @@ CROSS_ATTENTION_LAYERS = (3, 8, 13, 18, 23, 28, 33, 38)
 def image_tokens(config, batch) -> list[int]:
     """Return the <|image|> tokens each sample must carry: one per image (its tiles are read by cross-attention)."""
     return [int(n) for n in batch["aspect_ratio_mask"][:, :, 0].sum(dim=1)]
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return one sequence per image slot: all max_num_tiles tiles (those the aspect ratio leaves unused are encoded
+    too, masked), each tile its patch grid and a class token padded to a multiple of 8; the global layers attend
+    over the tiles together."""
+    pixels = batch["pixel_values"]  # (samples, images, tiles, channels, height, width)
+    per_tile = _vision.grid(pixels, config.vision_config.patch_size) + 1
+    per_tile += -per_tile % 8
+    return [int(pixels.shape[2]) * per_tile] * (int(pixels.shape[0]) * int(pixels.shape[1]))
 
 
 def write_processor(folder: Path, config) -> None:
@@ -112,7 +123,8 @@ SPEC = FamilySpec(
     # cross_attention_mask (samples, tokens, images, tiles) says which tokens read which image; with one token per
     # image there is no feature count to disagree with, so the model cannot refuse a missing <|image|>: the harness does
     inputs=Inputs(turn_end="<|eot_id|>", image_token=IMAGE, image_token_id="image_token_index", nested_images=True,
-                  image_tokens=image_tokens, per_token=("cross_attention_mask",), model_refuses_mismatch=False),
+                  image_tokens=image_tokens, per_token=("cross_attention_mask",), model_refuses_mismatch=False,
+                  vision_sequences=vision_sequences, vision_dense_mask=True),
     init_weights=init_weights,
     gpu_sizes=("11b",),
 )

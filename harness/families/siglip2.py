@@ -11,6 +11,13 @@ SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")
 ID = {tok: 256 + i for i, tok in enumerate(SPECIALS)}
 
 
+def vision_sequences(config, batch) -> list[int]:
+    """Return each image's sequence in the tower: the processor's max_num_patches slots (padding included, masked in
+    attention), no class token."""
+    pixels = batch["pixel_values"]  # (images, patches, channels x patch x patch)
+    return [int(pixels.shape[1])] * int(pixels.shape[0])
+
+
 def write_processor(folder: Path, config) -> None:
     """Write the tokenizer stand-in (Gemma's special tokens) and a NaFlex image processor for the tower's patches."""
     import transformers
@@ -60,7 +67,8 @@ SPEC = FamilySpec(
     default_recipe="siglip2.yaml",
     tiny_image_size=32,
     # SigLIP reads a caption at its last token and was trained on captions padded to 64 tokens: pad them all there
-    inputs=Inputs(text_padding="max_length", image_settings=("patch_size", "max_num_patches")),
+    inputs=Inputs(text_padding="max_length", image_settings=("patch_size", "max_num_patches"),
+                  vision_sequences=vision_sequences),
     gpu_sizes=("base-patch16-naflex",),
     gpu_batch_sizes=(8, 16, 32),
 )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import _vision
 from ._files import save_processor_parts
 from ._tokens import byte_level_tokenizer
 from .base import VLM, FamilySpec, Inputs
@@ -38,6 +39,12 @@ def image_tokens(config, batch) -> list[int]:
     pixels = batch["pixel_values"]  # (samples, tiles, channels, height, width), padding tiles all zero
     real = (pixels.flatten(2) != 0).any(dim=-1).sum(dim=1)
     return [int(n) * tokens_per_tile(config) for n in real]
+
+
+def vision_sequences(config, batch) -> list[int]:
+    """Return one sequence per real tile (the splits and the global view): its patch grid, before pixel shuffle."""
+    pixels = batch["pixel_values"]
+    return [_vision.grid(pixels, config.vision_config.patch_size)] * _vision.real_tiles(pixels)
 
 
 def write_processor(folder: Path, config) -> None:
@@ -108,6 +115,6 @@ SPEC = FamilySpec(
     default_recipe="smolvlm.yaml",
     tiny_image_size=32,
     inputs=Inputs(turn_end=END, image_token=IMAGE, label_ignore=(FAKE, GLOBAL, *SPECIALS[7:]), nested_images=True,
-                  image_tokens=image_tokens),
+                  image_tokens=image_tokens, vision_sequences=vision_sequences),
     gpu_sizes=("256m",),
 )

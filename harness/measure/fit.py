@@ -14,7 +14,6 @@ figures leave out:
 """
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from harness.util.errors import HarnessError, unknown
 from harness.util.units import GiB, MiB, parse_bytes
 
 from . import estimate
+from .layout import processor_for, sample_layout
 
 CONTEXT_BYTES = 512 * MiB
 WORKSPACE_BYTES = 66 * MiB  # process_baseline_allocated_bytes of the H200 records: cuBLAS's bf16 and fp32 workspaces
@@ -91,19 +91,7 @@ def tokens_per_sample(family, config, processor, image_size: int, seq_len: int, 
 
 
 def _processor(family, config, checkpoint: Path | None):
-    from harness.model.load import load_processor
-
-    if checkpoint is not None:
-        return load_processor(checkpoint, family)
-    folder = Path(tempfile.mkdtemp(prefix="qlora-harness-fit-"))
-    try:
-        family.write_processor(folder, config)
-        (folder / "config.json").write_text(config.to_json_string())
-        return load_processor(folder, family)
-    finally:
-        import shutil
-
-        shutil.rmtree(folder, ignore_errors=True)
+    return processor_for(family, config, checkpoint)
 
 
 def workload(recipe, size: str | None = None, checkpoint: Path | None = None):
@@ -137,15 +125,17 @@ def plan(recipe, gpu: str, size: str | None = None, checkpoint: str | Path | Non
         raise HarnessError(f"--image-size and --seq-len must be positive, found {image_size} and {seq_len}")
     family, size, config = workload(recipe, size, Path(checkpoint) if checkpoint else None)
     counts = estimate.meta_counts(family, None, recipe, config=config)
-    tokens = tokens_per_sample(family, config, _processor(family, config, Path(checkpoint) if checkpoint else None),
-                               image_size, seq_len)
+    processor = processor_for(family, config, Path(checkpoint) if checkpoint else None)
+    sample = sample_layout(family, config, processor, image_size, seq_len)
+    tokens = sample.tokens
     has_images = family.has_images
 
     def at(n: int) -> estimate.Estimate:
         text = tokens if family.kind == "dual-encoder" else None
         return estimate.estimate(family, config, recipe, counts["weights_bytes"], counts["trainable_params"], n,
                                  tokens, text, image_size=image_size if has_images else None,
-                                 transformers_version=transformers_version)
+                                 transformers_version=transformers_version, layout=sample if has_images else None,
+                                 checkpointable_roles=counts["checkpointable_roles"])
 
     result = Plan(family.name, size, recipe.name, card, card_bytes, tokens, image_size if has_images else None,
                   seq_len)

@@ -94,7 +94,8 @@ def estimate_one(config: HeldOut) -> dict:
                                config.batch_size)
     e = estimate.estimate(family, cfg, recipe, counts["weights_bytes"], counts["trainable_params"], config.batch_size,
                           tokens, tokens if family.kind == "dual-encoder" else None,
-                          image_size=t.image_size if family.has_images else None)
+                          image_size=t.image_size if family.has_images else None,
+                          checkpointable_roles=counts["checkpointable_roles"])
     return {"name": config.name, "case": config.case().id, "family": config.family, "size": config.size,
             "batch_size": config.batch_size, "changes": config.changes, "tokens_per_sample": tokens,
             "estimate": e.as_dict()}

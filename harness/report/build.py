@@ -284,7 +284,8 @@ def profile_estimates(record: dict) -> dict:
             per_sample = step["tokens"] // n
             text = per_sample if family.kind == "dual-encoder" else None
             out[str(n)] = estimate.estimate(family, c["config"], recipe, c["weights_bytes"], c["trainable_params"],
-                                            n, per_sample, text, transformers_version=version).as_dict()
+                                            n, per_sample, text, transformers_version=version,
+                                            checkpointable_roles=c["checkpointable_roles"]).as_dict()
     return out
 
 

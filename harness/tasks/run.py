@@ -17,6 +17,7 @@ from typing import Callable
 
 from harness.checks import inputs, train
 from harness.measure import estimate, variants
+from harness.measure.layout import sample_layout
 from harness.model import pipeline
 from harness.recipe import load_recipe
 from harness.util import env
@@ -162,11 +163,13 @@ def _peft(record, exp, case, variant, size, device, cache_dir, out_dir, progress
     if device != "cuda":
         tokens_by_batch = _cpu_steps(record["figures"], h, batch_sizes, image, seq, variant.training)
     record["estimates"] = {}
+    sample = sample_layout(family, counts["config"], h.processor, image, seq) if family.has_images else None
     for n in batch_sizes:
         per_sample = (tokens_by_batch.get(n) or n * seq) // n
         text = per_sample if family.kind == "dual-encoder" else None
         e = estimate.estimate(family, counts["config"], recipe, counts["weights_bytes"], counts["trainable_params"],
-                              n, per_sample, text)
+                              n, per_sample, text, image_size=image, layout=sample,
+                              checkpointable_roles=counts["checkpointable_roles"])
         record["estimates"][str(n)] = e.as_dict()
     del h, model
 

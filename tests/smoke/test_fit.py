@@ -1,13 +1,19 @@
 """`qlora-harness fit`: the peak by part and batch size on a card, from the config alone; card names wherever a
 memory size is accepted; the held-out estimates committed before the GPU measured them."""
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
+from harness.checks import inputs
 from harness.cli import main
-from harness.measure import fit, held_out
+from harness.families import FAMILIES, get_family
+from harness.measure import estimate, fit, held_out, layout
+from harness.measure.matrix import GPU_MATRIX
 from harness.recipe import default_recipe
+from harness.report import build as report
+from harness.report import estimates
 from harness.util.cards import CARDS
 from harness.util.errors import HarnessError
 from harness.util.resources import data_path
@@ -84,8 +90,89 @@ def test_a_recipe_budget_may_name_a_card():
 
 def test_held_out_estimates_are_committed_for_configurations_the_records_do_not_hold():
     committed = held_out.read_estimates()
-    records = {p.stem for p in (Path(held_out.ROOT) / "results").rglob("*.json")}
+    results = Path(held_out.ROOT) / "results"
+    # the held-out measurements (results/held-out/<gpu>/) are these configurations' own records: the matrix's are not
+    records = {p.stem for p in results.rglob("*.json") if "held-out" not in p.relative_to(results).parts}
     assert len(committed) >= 12 and set(committed) == {c.case().id for c in held_out.CONFIGS}
     assert not set(committed) & records
     data = json.loads(held_out.ESTIMATES_PATH.read_text())
     assert len(data["estimate_code"]["sha256"]) == 64 and data["estimate_code"]["commit"]
+
+
+# ---- every family: fit on a laptop, the vision tokens the tower encodes, the estimate against its records -------
+
+H200 = Path(held_out.ROOT) / "results" / "nvidia-h200-140gib-cuda13.0"
+RECORDED = sorted({family for family, _size, _batches in GPU_MATRIX})
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_fit_answers_for_every_family_from_its_config(name):
+    family = get_family(name)
+    if family.unavailable():
+        pytest.skip(family.unavailable())
+    size = (family.gpu_sizes or family.size_names())[0]
+    p = fit.plan(default_recipe(name), "T4", size=size, batch_sizes=[1, 2])
+    one, two = p.estimates[1], p.estimates[2]
+    assert p.tokens_per_sample > 0 and one.weights_bytes > 0 and one.activations_bytes + one.logits_bytes > 0
+    assert two.total_bytes > one.total_bytes  # a second sample costs its activations and inputs
+    if family.has_images:
+        assert two.inputs_bytes - one.inputs_bytes > 3 * 64 * 64  # the second sample's pixel values at least
+
+
+def test_the_layout_counts_the_vision_tokens_the_tower_encodes(qlora):
+    family = qlora.case.family
+    if not family.has_images:
+        pytest.skip(f"{family.name} has no vision tower")
+    batch = inputs.sized_batch(family, qlora.processor, 2, family.tiny_image_size, 64)
+    sample = layout.read_layout(family, qlora.config, batch, 2)
+    assert sample.vision_tokens > 0
+    assert 2 * sample.vision_tokens == layout.encoded_vision_tokens(qlora.model, family, batch)
+
+
+def test_a_vision_sequence_without_the_class_token_is_caught(dual):
+    # the broken case: CLIP's sequences counted as the patch grid alone, the class token left out
+    family = dual.case.family
+    if family.name != "clip":
+        pytest.skip("the class token is CLIP's")
+    right = family.inputs.vision_sequences
+    broken = dataclasses.replace(family.inputs, vision_sequences=lambda config, batch: [
+        n - 1 for n in right(config, batch)])
+    family = dataclasses.replace(family, inputs=broken)
+    batch = inputs.sized_batch(family, dual.processor, 2, family.tiny_image_size, 64)
+    sample = layout.read_layout(family, dual.config, batch, 2)
+    assert 2 * sample.vision_tokens != layout.encoded_vision_tokens(dual.model, family, batch)
+
+
+def _family_rows(name: str) -> list[dict]:
+    experiments, profiles = report.load_results([H200])
+    ours = [r for r in profiles if r.get("recipe", {}).get("family") == name]
+    return estimates.rows([], ours, report.record_estimates, report.label)
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_the_estimate_is_within_10_percent_of_each_familys_records(name):
+    rows = _family_rows(name)
+    assert rows, f"no training-mode rows of {name} in {H200}"
+    misses = [(r["source"], r["batch_size"], f"{r['error']:+.1%}") for r in rows
+              if not estimate.agrees(r["measured_bytes"], r["estimated_bytes"])]
+    assert not misses, misses
+
+
+def test_an_estimate_blind_to_the_vision_tower_misses_the_records(monkeypatch):
+    # the broken case: the vision tower's tokens ignored (no tower activations, no tower outputs)
+    monkeypatch.setattr(layout.Layout, "vision_tokens", property(lambda self: 0))
+    report._meta_cache.clear()
+    misses = [r for r in _family_rows("mllama") if not estimate.agrees(r["measured_bytes"], r["estimated_bytes"])]
+    assert misses and all(r["error"] < -0.10 for r in misses)
+
+
+def test_an_estimate_that_checkpoints_every_stack_misses_mllamas_records(monkeypatch):
+    # the broken case: Mllama's vision layers taken for checkpointing layers (they are plain modules: every
+    # layer's activations stay whatever the recipe)
+    monkeypatch.setattr(estimate, "checkpointable_roles", lambda model, family: None)
+    report._meta_cache.clear()
+    try:
+        rows = _family_rows("mllama")
+    finally:
+        report._meta_cache.clear()
+    assert rows and all(not estimate.agrees(r["measured_bytes"], r["estimated_bytes"]) for r in rows)
