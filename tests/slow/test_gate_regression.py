@@ -61,7 +61,7 @@ def test_a_candidate_that_quantizes_the_vision_tower_and_breaks_lora_init_fails_
     out = tmp_path / "verdict"
 
     status = cli.main(["gate", "--candidate", str(broken_python), "--recipe", str(recipe), "--out", str(out),
-                       "--cache-dir", str(cache_dir)])
+                       "--cache-dir", str(cache_dir), "--no-carry"])  # what it breaks shows before any artifact
 
     result = json.loads((out / "verdict.json").read_text())
     failed = {r["check"]: r for r in result["rows"] if r["status"] == "fail"}
