@@ -126,15 +126,14 @@ def _load_adapter(ctx):
 def _load_merged(ctx):
     c, manifest, name = ctx["case"], ctx["manifest"], ctx["case"].id
     dtype = manifest["merged"]["dtype"]
-    # Judged by what the saving side built: tensors of modules that trained there (LoRA on them, or saved whole) may
-    # change in a merge, every other vision/projector tensor must not. A manifest without the list (older) falls back
-    # to the recipe's target roles.
-    trained = manifest.get("trained_modules")
-    roles = [r for r in FROZEN_ROLES if r in c.family.roles and (trained is not None or r not in c.recipe.lora.target_roles)]
+    # Judged by what the saving side built, never by the recipe's targets: tensors of modules that trained there (LoRA
+    # on them, or saved whole) may change in a merge, every other vision/projector tensor must not. Both sides of a
+    # gate run write their manifests with this checkout's code (the folders are emptied first), so the list is there.
+    roles = [r for r in FROZEN_ROLES if r in c.family.roles]
     base_tensors = {}
     if roles:
         _, base = pipeline.load_base(c, ctx["cache_dir"], ctx["device"])
-        trained_here = [m for m in trained or () if c.family.role_of(m) in roles]  # only the tower's own count
+        trained_here = [m for m in manifest["trained_modules"] if c.family.role_of(m) in roles]  # the towers' own
         base_tensors = carried.base_tensors_of_roles(base, c.family, roles, dtype, skip_modules=trained_here)
         del base
     merged, warned = carried.load_merged(ctx["folder"] / "merged", c.family, dtype, ctx["device"])

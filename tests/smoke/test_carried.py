@@ -24,14 +24,19 @@ def llm(cache_dir):
     return pipeline.case("qwen2.5", "tiny", default_recipe("qwen2.5"))
 
 
-def _trained_adapter(c, cache_dir, folder):
+def _trained(c, cache_dir):
+    """The case built with non-zero LoRA B (as after training), so a dropped or unmerged adapter shows."""
     h = pipeline.harness(c, cache_dir)
     torch.manual_seed(0)
     with torch.no_grad():
         for n, p in h.model.named_parameters():
             if "lora_B" in n:
                 p.normal_(std=0.02)
-    h.model.save_pretrained(folder)
+    return h
+
+
+def _trained_adapter(c, cache_dir, folder):
+    _trained(c, cache_dir).model.save_pretrained(folder)
     return folder
 
 
@@ -152,12 +157,7 @@ def test_a_merge_may_rewrite_only_the_vision_modules_that_trained(cache_dir, tmp
     recipe = base_recipe.replace(lora={"target_roles": ["language_backbone", "vision_tower"],
                                        "target_modules": [*base_recipe.lora.target_modules, "qkv"]})
     c = pipeline.case("qwen2.5-vl", "tiny", recipe)
-    h = pipeline.harness(c, cache_dir)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for n, p in h.model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(std=0.02)
+    h = _trained(c, cache_dir)
     trained = carried.trained_modules(h.model)
     assert any(c.family.role_of(m) == "vision_tower" for m in trained)
     merge.save_merged(merge.merged_model(h.model), h.processor, tmp_path / "merged")
