@@ -91,6 +91,20 @@ def test_adapters_written_by_older_releases_load_every_tensor_here(family, cache
         assert f["value"]["missing"] == 0 and written["peft"] != "" and f["value"]["saved"] > 0
 
 
+def test_adapter_fixtures_are_skipped_at_a_full_size_their_tiny_shapes_cannot_fit(monkeypatch, cache_dir):
+    # The gate at full size once loaded the tiny fixtures into a 2B model and stopped both sides with a shape error.
+    def full_size_load(*args, **kwargs):
+        raise RuntimeError("size mismatch for lora_A: copying a param with shape [2, 128], current model [2, 1536]")
+
+    monkeypatch.setattr(artifacts.pipeline, "load_base", full_size_load)
+    c = pipeline.case("qwen2-vl", "2b", default_recipe("qwen2-vl"))
+
+    facts = artifacts.fixture_facts(c, cache_dir, "cpu")
+
+    assert [(f["check"], f["kind"]) for f in facts] == [("adapter fixtures load", "skipped")]
+    assert "saved for its tiny size, this case is 2b" in facts[0]["shown"]
+
+
 def test_a_merged_checkpoint_is_plain_16_bit_with_the_base_vision_tensors_and_a_changed_one_is_named(cache_dir, tmp_path):
     c = pipeline.case("qwen2.5-vl", "tiny", default_recipe("qwen2.5-vl"))
     h = pipeline.harness(c, cache_dir)
