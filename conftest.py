@@ -2,6 +2,7 @@
 
     pytest -m smoke                         CPU, seconds: every family at tiny size under its default recipe
     pytest -m smoke -n 2 --dist loadgroup   the same on two workers, each case's tests in one (its model loads once)
+    pytest -m tool                          the harness's own machinery: commands, plugin, reports, workers, bad input
     pytest                                  everything that can run here; GPU tests skip with a reason
     pytest -m gpu --benchmark-save=NAME     a CUDA GPU: full sizes, VRAM and timings against baselines/
 
@@ -25,7 +26,9 @@ from harness.plugin import gpus, options, phases, pytest_plugin
 # at the end of a GPU session; on several GPUs one xdist worker per card.
 REPOSITORY_PLUGINS = (options, phases, gpus)
 
-TIERS = {"smoke": ("smoke",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
+TIERS = {"smoke": ("smoke",), "tool": ("tool",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
+TIER_MARKERS = {m for markers in TIERS.values() for m in markers}
+TESTS = Path(__file__).resolve().parent / "tests"
 PLUGIN = "qlora_harness"  # the pytest11 entry point's name (pyproject.toml)
 
 
@@ -40,8 +43,19 @@ def pytest_addhooks(pluginmanager):
             pluginmanager.register(module, module.__name__)
 
 
+def pytest_ignore_collect(collection_path, config):
+    # `pytest -m smoke` (any one tier's marker) leaves the other tiers' folders unread: importing and parametrizing
+    # them only to deselect every test took about 13 s of each xdist worker's start.
+    wanted = config.getoption("markexpr")
+    markers = TIERS.get(collection_path.name)
+    if markers and wanted in TIER_MARKERS and wanted not in markers and collection_path.parent == TESTS:
+        return True
+    return None
+
+
 def pytest_collection_modifyitems(config, items):
-    # A test's tier is the folder it lives in: tests/smoke -> smoke, tests/gpu -> gpu, tests/bench -> gpu + benchmark.
+    # A test's tier is the folder it lives in: tests/smoke -> smoke, tests/tool -> tool, tests/gpu -> gpu,
+    # tests/bench -> gpu + benchmark.
     for item in items:
         parts = Path(str(item.fspath)).parts
         for folder, markers in TIERS.items():

@@ -1,7 +1,7 @@
 """qlora-harness: validation and benchmarks for QLoRA (bitsandbytes 4-bit + LoRA) on VLMs and LLMs.
 
 The package is laid out by pipeline stage; a module may import from its own stage and the stages below it,
-never from one above (tests/smoke/test_layering.py holds every module to this):
+never from one above (tests/tool/test_layering.py holds every module to this):
 
     recipe (YAML) + family spec + checkpoint -> model: load, adapt -> checks: audit, inputs, train/generate
         -> measure: probes, estimate, baselines -> tasks: behaviour tasks, seed experiments

@@ -87,6 +87,9 @@ def _recipe_show(args) -> int:
 
     recipe = load_recipe(args.file)
     family = get_family(recipe.family)
+    why = family.unavailable(processor=False)  # the module names come from the model's classes
+    if why:
+        raise HarnessError(f"recipe show {args.file}: {why}; show it under a transformers that has the family")
     skeleton = meta_model(family, make_config(family, "tiny"))  # module names only: the same at every size
     targets = None if recipe.peft is not None else lora.lora_targets(skeleton, family, recipe)
     print(f"# {recipe.source}: the calls this recipe makes "

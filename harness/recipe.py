@@ -384,4 +384,13 @@ def load_recipe(path: str | Path) -> Recipe:
 
 def default_recipe(family_name: str) -> Recipe:
     """Return the default recipe of a family, from the shipped recipes (harness/data/recipes)."""
-    return load_recipe(RECIPES_DIR / get_family(family_name).default_recipe)
+    import copy
+
+    path = RECIPES_DIR / get_family(family_name).default_recipe
+    return copy.deepcopy(_shipped_recipe(str(path), path.stat().st_mtime_ns if path.is_file() else None))
+
+
+@functools.lru_cache(maxsize=None)
+def _shipped_recipe(path: str, mtime_ns: int | None) -> Recipe:
+    # parsed once per file version: test collection asks for every family's default recipe once per test function
+    return load_recipe(path)

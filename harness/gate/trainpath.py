@@ -120,14 +120,28 @@ def case_facts(c: pipeline.Case, cache_dir: Path, device: str = "cpu", on_traine
     return facts + dynamics_facts(h, device, on_trained)
 
 
+def trl_unavailable() -> str | None:
+    """Return why TRL's data path cannot run here (trl or datasets not installed, or installed but not importing,
+    e.g. a datasets newer than the huggingface_hub an older transformers pins), or None."""
+    import importlib
+
+    for name in ("trl", "datasets"):
+        try:
+            importlib.import_module(name)
+        except ImportError as e:
+            if isinstance(e, ModuleNotFoundError) and e.name == name:
+                return TRL_MISSING
+            return (f"{name} is installed but does not import here ({type(e).__name__}: {e}); install a {name} "
+                    f"release that matches this environment's libraries")
+    return None
+
+
 def trl_facts(c: pipeline.Case, cache_dir: Path, device: str) -> list[dict]:
     """Return the facts of the example through TRL's own SFTTrainer: its collated batch (labels judged here, ids and
     mask for the other side) and the loss of one of its training steps."""
-    try:
-        import datasets  # noqa: F401
-        import trl  # noqa: F401
-    except ImportError:
-        return [fact("TRL SFTTrainer step", SKIPPED, None, f"skipped: {TRL_MISSING}")]
+    why = trl_unavailable()
+    if why:
+        return [fact("TRL SFTTrainer step", SKIPPED, None, f"skipped: {why}")]
     import torch
 
     from harness.checks import sft_trl

@@ -93,7 +93,7 @@ GATED_ACTS = ("silu", "swiglu")  # a vision tower with these activations has a g
 # MLP-wide tensors an MLP keeps for backward per token: gated (the gate's output, its activation, up), QuickGELU
 # (fc1's output and the sigmoid: x * sigmoid(1.702 x)), any other activation (GELU, tanh-GELU: its input alone)
 MLP_SAVES_GATED, MLP_SAVES = 3, {"quick_gelu": 2}
-# How close the estimate must land to every training-mode peak of the GPU records (tests/smoke/test_report.py)
+# How close the estimate must land to every training-mode peak of the GPU records (tests/tool/test_report.py)
 AGREEMENT = 0.10
 
 

@@ -70,6 +70,7 @@ def recipes_or_usage_error(config, option: str, size: str = "tiny", checkpoint=N
 
 
 def pytest_configure(config):
+    isolation.quick_exit()
     if not config.pluginmanager.hasplugin("xdist"):  # the plugin marks cases for it; --strict-markers must accept it
         config.addinivalue_line("markers", "xdist_group(name): tests pytest-xdist keeps in one worker (--dist loadgroup)")
     found = recipes_or_usage_error(config, "--qlora-recipe", config.getoption("--qlora-size"),
@@ -106,6 +107,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.xdist_group(case.id))
         if no_bnb and "qlora_cache_dir" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.skip(reason=no_bnb))
+
+
+def pytest_runtest_setup(item):
+    # A case whose family's classes do not import under this transformers (SmolVLM's processor without torchvision
+    # under 4.57) skips with the reason; asked here, once per family and process, rather than at collection, where
+    # every xdist worker would import every family's modules.
+    case = cases.case_of(item.callspec.params if hasattr(item, "callspec") else {})
+    why = case.family.unavailable() if case is not None else None
+    if why:
+        pytest.skip(why)
 
 
 @pytest.hookimpl(trylast=True)

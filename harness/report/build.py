@@ -261,7 +261,8 @@ _meta_cache: dict = {}
 
 def profile_estimates(record: dict) -> dict:
     """Return the memory estimate of a GPU profile record by batch size, from its recipe and its family size's config
-    (meta device); {} when the record lacks a full recipe (Unsloth's) or its step token counts."""
+    (meta device); {} when the record lacks a full recipe (Unsloth's) or its step token counts, or when this
+    transformers cannot build the family (SmolVLM's processor without torchvision under 4.57)."""
     from harness.families import get_family
     from harness.measure import estimate
     from harness.recipe import parse_recipe
@@ -271,6 +272,8 @@ def profile_estimates(record: dict) -> dict:
         return {}
     recipe = parse_recipe(data, source=record["case"])
     family = get_family(recipe.family)
+    if family.unavailable():
+        return {}
     size = workload(record)[len(family.name) + 1:]
     key = (family.name, size, json.dumps(data, sort_keys=True))
     if key not in _meta_cache:
@@ -291,7 +294,7 @@ def profile_estimates(record: dict) -> dict:
 
 def record_estimates(record: dict) -> dict:
     """Return a record's estimate by batch size from today's estimate code (its recipe on the meta device); the one
-    stored in the record when its recipe cannot be re-read (Unsloth's arms)."""
+    stored in the record when its recipe cannot be re-read (Unsloth's arms) or its family cannot be built here."""
     if record.get("backend", record.get("recipe", {}).get("backend", "peft")) != "peft":
         return record.get("estimates", {})
     return profile_estimates(record) or record.get("estimates", {})

@@ -1,6 +1,6 @@
 """Under pytest-xdist, what a user sees: with --dist loadgroup each case's model loads once, in one worker, counted
 by the plugin (qlora_loads). The broken cases the count catches (a case loaded twice, or in two workers) are in
-tests/smoke/test_robustness.py; `--dist each`, every test in every worker, reads as the second (checked by hand:
+tests/tool/test_robustness.py; `--dist each`, every test in every worker, reads as the second (checked by hand:
 both cases named, loads in gw0 and gw1), left out here to keep CI short."""
 from __future__ import annotations
 

@@ -15,6 +15,12 @@ def qwen_checkpoint(cache_dir):
     return synth.synthetic_checkpoint(get_family("qwen2.5-vl"), "tiny", cache_dir)
 
 
+def test_each_case_loads_once_per_worker(case, qlora, qlora_loads):
+    # Serially and in each pytest-xdist worker alike; with --dist loadgroup a case's tests also share one worker
+    # (its xdist_group mark), which tests/slow/test_xdist_loads.py counts across workers.
+    assert qlora_loads[case.id] == 1
+
+
 def test_a_synthetic_checkpoint_is_laid_out_like_a_real_one_and_reused(qwen_checkpoint, cache_dir):
     names = {p.name for p in qwen_checkpoint.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",

@@ -157,8 +157,27 @@ def test_without_trl_the_trl_facts_skip_saying_what_to_install(monkeypatch, cach
     assert skipped["kind"] == "skipped" and skipped["shown"] == "skipped: needs trl: pip install 'qlora-harness[trl]'"
 
 
+def test_a_datasets_that_is_installed_but_does_not_import_is_named_not_called_missing(monkeypatch, cache_dir):
+    # Under transformers 4.57 a newer datasets fails on the older huggingface_hub it pins; "needs trl" would mislead.
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "datasets":
+                raise ImportError("cannot import name 'BucketNotFoundError' from 'huggingface_hub.errors'")
+            return None
+
+    monkeypatch.delitem(sys.modules, "datasets", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    c = pipeline.case("qwen2.5", "tiny", default_recipe("qwen2.5"))
+
+    (skipped,) = trainpath.trl_facts(c, cache_dir, "cpu")
+    assert skipped["kind"] == "skipped" and skipped["shown"].startswith(
+        "skipped: datasets is installed but does not import here (ImportError: cannot import name 'BucketNotFoundError'")
+
+
 def test_trl_sft_trainer_data_path_labels_the_completion_only(cache_dir):
-    pytest.importorskip("trl", reason="needs trl: pip install 'qlora-harness[trl]'")
+    why = trainpath.trl_unavailable()
+    if why:
+        pytest.skip(why)
     c = pipeline.case("qwen2.5-vl", "tiny", load_recipe("harness/data/recipes/qwen2.5-vl-trl.yaml"))
 
     facts = {f["check"]: f for f in trainpath.trl_facts(c, cache_dir, "cpu")}

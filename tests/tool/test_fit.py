@@ -1,12 +1,10 @@
 """`qlora-harness fit`: the peak by part and batch size on a card, from the config alone; card names wherever a
 memory size is accepted; the held-out estimates committed before the GPU measured them."""
-import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from harness.checks import inputs
 from harness.cli import main
 from harness.families import FAMILIES, get_family
 from harness.measure import estimate, fit, held_out, layout
@@ -119,30 +117,6 @@ def test_fit_answers_for_every_family_from_its_config(name):
         assert two.inputs_bytes - one.inputs_bytes > 3 * 64 * 64  # the second sample's pixel values at least
 
 
-def test_the_layout_counts_the_vision_tokens_the_tower_encodes(qlora):
-    family = qlora.case.family
-    if not family.has_images:
-        pytest.skip(f"{family.name} has no vision tower")
-    batch = inputs.sized_batch(family, qlora.processor, 2, family.tiny_image_size, 64)
-    sample = layout.read_layout(family, qlora.config, batch, 2)
-    assert sample.vision_tokens > 0
-    assert 2 * sample.vision_tokens == layout.encoded_vision_tokens(qlora.model, family, batch)
-
-
-def test_a_vision_sequence_without_the_class_token_is_caught(dual):
-    # the broken case: CLIP's sequences counted as the patch grid alone, the class token left out
-    family = dual.case.family
-    if family.name != "clip":
-        pytest.skip("the class token is CLIP's")
-    right = family.inputs.vision_sequences
-    broken = dataclasses.replace(family.inputs, vision_sequences=lambda config, batch: [
-        n - 1 for n in right(config, batch)])
-    family = dataclasses.replace(family, inputs=broken)
-    batch = inputs.sized_batch(family, dual.processor, 2, family.tiny_image_size, 64)
-    sample = layout.read_layout(family, dual.config, batch, 2)
-    assert 2 * sample.vision_tokens != layout.encoded_vision_tokens(dual.model, family, batch)
-
-
 def _family_rows(name: str) -> list[dict]:
     experiments, profiles = report.load_results([H200])
     ours = [r for r in profiles if r.get("recipe", {}).get("family") == name]
@@ -151,11 +125,28 @@ def _family_rows(name: str) -> list[dict]:
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_the_estimate_is_within_10_percent_of_each_familys_records(name):
+    if get_family(name).unavailable():  # today's estimate needs the family's processor: SmolVLM's under 4.57
+        pytest.skip(get_family(name).unavailable())
     rows = _family_rows(name)
     assert rows, f"no training-mode rows of {name} in {H200}"
     misses = [(r["source"], r["batch_size"], f"{r['error']:+.1%}") for r in rows
               if not estimate.agrees(r["measured_bytes"], r["estimated_bytes"])]
     assert not misses, misses
+
+
+def test_a_family_this_transformers_cannot_build_keeps_its_stored_estimates_in_the_report(monkeypatch):
+    # SmolVLM under transformers 4.57: its processor needs torchvision, so the layout cannot be built here
+    def no_processor(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'torchvision'")
+
+    monkeypatch.setattr(layout, "processor_for", no_processor)
+    monkeypatch.setattr(type(get_family("smolvlm")), "unavailable",
+                        lambda self, *a, **k: "needs torchvision" if self.name == "smolvlm" else None)
+    report._meta_cache.clear()
+    _, profiles = report.load_results([H200])
+    smolvlm = [r for r in profiles if r.get("recipe", {}).get("family") == "smolvlm"]
+
+    assert smolvlm and all(report.record_estimates(r) == r.get("estimates", {}) for r in smolvlm)
 
 
 def test_an_estimate_blind_to_the_vision_tower_misses_the_records(monkeypatch):
