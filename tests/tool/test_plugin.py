@@ -78,3 +78,28 @@ def test_without_a_recipe_the_users_fixtures_skip_saying_what_to_give(pytester):
     result = run(pytester, "-rs")
     result.assert_outcomes(skipped=2)
     result.stdout.fnmatch_lines([f"*{pytest_plugin.NO_RECIPE}*"])
+
+
+CLASSES_DO_NOT_IMPORT = '''
+from harness.families.base import FamilySpec
+
+real = FamilySpec.unavailable
+
+
+def unavailable(self, transformers_version=None, processor=True, imports=True):
+    if self.name == "qwen2.5" and imports and transformers_version is None:
+        return "family qwen2.5: transformers cannot import Qwen2Tokenizer (ModuleNotFoundError: No module named 'x')"
+    return real(self, transformers_version, processor, imports)
+
+
+FamilySpec.unavailable = unavailable
+'''
+
+
+def test_a_family_whose_classes_do_not_import_here_skips_every_test_with_the_reason(pytester, cache_dir):
+    # As SmolVLM under transformers 4.57 (its processor needs torchvision): asked at setup, not at collection.
+    pytester.makeconftest(CLASSES_DO_NOT_IMPORT)
+    pytester.makepyfile(test_mine=USER_TEST)
+    result = run(pytester, "--qlora-recipe", user_recipe(pytester.path), "--qlora-cache-dir", str(cache_dir), "-rs")
+    result.assert_outcomes(skipped=10)
+    result.stdout.fnmatch_lines(["*SKIPPED [[]*family qwen2.5: transformers cannot import Qwen2Tokenizer*"])
