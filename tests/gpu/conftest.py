@@ -4,7 +4,7 @@ Full-size synthetic checkpoints are built on the GPU, loaded in 4-bit through fr
 profiled once per case: static VRAM, training steps at three batch sizes, OOM recorded rather than fatal.
 One full-size model is held at a time per process; it is freed before the next case loads.
 
-Several processes may share one GPU (`pytest -m gpu -n 4`, as .ci/gpu-run does): memory figures are per process
+Several processes may share one GPU (`pytest -m gpu -n 6`, as .ci/gpu-run does): memory figures are per process
 and relative to what the process held before the load, so each case measures the same as in a serial run. Each
 case's tests form one xdist group (its profile is computed once, in one worker); checkpoints are built once per
 cache and evicted, least recently used first, when the disk needs room (harness.model.disk).
