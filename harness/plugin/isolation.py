@@ -38,9 +38,9 @@ def after_test(on_gpu: bool) -> None:
 
 def quick_exit() -> None:
     """At interpreter exit, leave the session's objects to the operating system instead of a last garbage
-    collection (gc.freeze): with torch, transformers, peft and bitsandbytes loaded (some 2,500 modules and the
-    cases' models) that collection took 4-5 s of every pytest-xdist worker's exit. Registered with atexit, so it
-    runs only when the process ends, never inside an in-process pytest run (pytester)."""
+    collection (gc.freeze): with torch, transformers, peft and bitsandbytes loaded (some 2,500 modules) a process's
+    exit took 1.5 s, 0.2 s frozen; the smoke tier's end, last test to exit, went from 5.0 to 3.8 s. Registered with
+    atexit, so it runs only when the process ends, never inside an in-process pytest run (pytester)."""
     import atexit
 
     if not _registered:
