@@ -100,13 +100,12 @@ class FamilySpec:
         """Return the size names, full sizes only unless include_tiny."""
         return [s for s in self.sizes if include_tiny or s != "tiny"]
 
-    def unavailable(self, transformers_version: str | None = None, processor: bool = True,
-                    imports: bool = True) -> str | None:
+    def unavailable(self, transformers_version: str | None = None, processor: bool = True) -> str | None:
         """Return why this family cannot be built under a transformers version (default: the installed one, whose
-        classes must also import, unless imports is false; the processor's only where processor is true), or None."""
+        classes must also import; the processor's only where processor is true), or None."""
         import transformers
 
-        installed = transformers_version is None and imports
+        installed = transformers_version is None
         transformers_version = transformers_version or transformers.__version__
         from packaging.version import Version
 

@@ -1,6 +1,7 @@
 """Fault isolation between tests: what a failed test left reachable is dropped, its GPU memory returned."""
 from __future__ import annotations
 
+import functools
 import gc
 import sys
 
@@ -36,6 +37,7 @@ def after_test(on_gpu: bool) -> None:
         release_gpu_memory()
 
 
+@functools.cache  # once per process
 def quick_exit() -> None:
     """At interpreter exit, leave the session's objects to the operating system instead of a last garbage
     collection (gc.freeze): with torch, transformers, peft and bitsandbytes loaded (some 2,500 modules) a process's
@@ -43,9 +45,4 @@ def quick_exit() -> None:
     atexit, so it runs only when the process ends, never inside an in-process pytest run (pytester)."""
     import atexit
 
-    if not _registered:
-        _registered.append(True)
-        atexit.register(gc.freeze)
-
-
-_registered: list[bool] = []
+    atexit.register(gc.freeze)

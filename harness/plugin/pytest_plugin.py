@@ -109,10 +109,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason=no_bnb))
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest's own setup builds the case's fixtures (its model load)
 def pytest_runtest_setup(item):
-    # A case whose family's classes do not import under this transformers (SmolVLM's processor without torchvision
-    # under 4.57) skips with the reason; asked here, once per family and process, rather than at collection, where
-    # every xdist worker would import every family's modules.
+    # A case whose family this transformers lacks (Qwen3.5 before 5.2) or whose classes do not import (SmolVLM's
+    # processor without torchvision under 4.57) skips with the reason; asked here, once per family and process,
+    # rather than at collection, where every xdist worker would import every family's modules.
     case = cases.case_of(item.callspec.params if hasattr(item, "callspec") else {})
     why = case.family.unavailable() if case is not None else None
     if why:

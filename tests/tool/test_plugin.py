@@ -86,10 +86,10 @@ from harness.families.base import FamilySpec
 real = FamilySpec.unavailable
 
 
-def unavailable(self, transformers_version=None, processor=True, imports=True):
-    if self.name == "qwen2.5" and imports and transformers_version is None:
+def unavailable(self, transformers_version=None, processor=True):
+    if self.name == "qwen2.5" and transformers_version is None:
         return "family qwen2.5: transformers cannot import Qwen2Tokenizer (ModuleNotFoundError: No module named 'x')"
-    return real(self, transformers_version, processor, imports)
+    return real(self, transformers_version, processor)
 
 
 FamilySpec.unavailable = unavailable
