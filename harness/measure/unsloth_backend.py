@@ -7,6 +7,11 @@ applies the harness's own audits (4-bit per role, LoRA-only trainable with the e
 for every LoRA parameter, deterministic generation) before it measures steps by batch size. The first
 step at each new shape compiles: its time is reported apart (warmup_step_time), never in the step time.
 Host memory is recorded too: Unsloth's checkpointing offloads activations to it.
+
+A case runs as two children at once (PARTS), each loading the checkpoint and adding LoRA: "checks" audits the
+model, checks every LoRA parameter's gradient and generation; "steps" measures static VRAM and the steps. The
+memory figures are the steps child's, as a user's run measures them: load, LoRA, train. Each child compiles its
+own first steps, so the two take about as long as the longer of them rather than the sum.
 """
 from __future__ import annotations
 
@@ -19,6 +24,9 @@ import traceback
 from pathlib import Path
 
 VARIANT = "unsloth"
+PARTS = ("checks", "steps")
+# what the checks child contributes to a case's record; everything else (figures, steps) is the steps child's
+CHECKS_KEYS = ("violations", "trainable_params", "expected_trainable_params", "without_gradient", "generation")
 
 
 def _fast_class(family):
@@ -58,8 +66,9 @@ def _stopwatch(figures: dict):
     return lap
 
 
-def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -> dict:
-    """Return the Unsloth record of a case: audits, static VRAM, steps by batch size (compile time apart)."""
+def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], part: str = "all") -> dict:
+    """Return the Unsloth record of a case (part "all"), or of one of its PARTS: "checks" (audits, gradients,
+    generation) or "steps" (static VRAM, steps by batch size, compile time apart)."""
     started = time.perf_counter()
     import torch
     import unsloth  # noqa: F401 - first, so that its patches apply before transformers is used
@@ -76,11 +85,13 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
     from . import memory, probe, variants
     from .profile import step_figures
 
+    checks, steps = part in ("checks", "all"), part in ("steps", "all")
     recipe = variants.derive(default_recipe(family_name), variants.get_variant(VARIANT))
     case = pipeline.case(family_name, size, recipe, checkpoint=folder, variant=VARIANT)
     family, fast = case.family, _fast_class(case.family)
-    record = {"case": case.id, "gpu": env.gpu_fingerprint(), "versions": env.library_versions(),
-              "recipe": {"name": recipe.name, "backend": recipe.backend}, "figures": {}, "steps": []}
+    record = {"case": case.id, "gpu": env.gpu_fingerprint(), "versions": env.library_versions(), "part": part,
+              "workers": env.gpu_workers(), "recipe": {"name": recipe.name, "backend": recipe.backend},
+              "figures": {}, "steps": []}
     figures = record["figures"]
     figures["import_time_s"] = import_s  # where the child's time goes: recorded for the phase line, never gated
     lap = _stopwatch(figures)
@@ -91,47 +102,66 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int]) -
     model, _ = _load(fast, folder, recipe)
     figures["load_time_s"] = time.perf_counter() - start
     static = probe.memory_since(before)
-    figures.update({"static_allocated_bytes": static["allocated_bytes"],
-                    "static_reserved_bytes": static["reserved_bytes"],
-                    "minimum_bytes": memory.inventory_bytes(model, recipe.quantization.double_quant)["total"]})
+    if steps:
+        figures.update({"static_allocated_bytes": static["allocated_bytes"],
+                        "static_reserved_bytes": static["reserved_bytes"],
+                        "minimum_bytes": memory.inventory_bytes(model, recipe.quantization.double_quant)["total"]})
     lap("warm_up_and_load_time_s")
-    targets = lora.lora_targets(model, family, recipe)
-    record["expected_trainable_params"] = lora.expected_trainable_params(model, targets, recipe)
+    if checks:
+        targets = lora.lora_targets(model, family, recipe)
+        record["expected_trainable_params"] = lora.expected_trainable_params(model, targets, recipe)
     model = _add_lora(fast, model, family, recipe)
     lap("lora_time_s")
-    report = audit(model, family, recipe, case.id)
-    record["violations"] = report.violations(recipe)
-    record["trainable_params"] = report.trainable_params
-
     processor = load.load_processor(folder, family)
     t = recipe.training
-    batch = inputs.sized_batch(family, processor, 1, t.image_size, t.seq_len, "cuda")
-    # LoRA B starts at zero, so A's gradient is zero until one step has moved B: step, then look
-    optimizer = train.make_optimizer(model, recipe)
-    train.train_step(model, batch, optimizer)
-    train.backward(model, batch)
-    record["without_gradient"] = train.without_gradient(model)
-    model.zero_grad(set_to_none=True)
-    del optimizer, batch
-    lap("gradient_check_time_s")
 
-    fast.for_inference(model)
-    prompt = inputs.example_batch(family, processor).to("cuda")
-    first, second = greedy(model, prompt), greedy(model, prompt)
-    record["generation"] = {"tokens": first.tolist(), "deterministic": bool(torch.equal(first, second))}
-    fast.for_training(model)
-    lap("generation_time_s")
+    if checks:
+        report = audit(model, family, recipe, case.id)
+        record["violations"] = report.violations(recipe)
+        record["trainable_params"] = report.trainable_params
+        batch = inputs.sized_batch(family, processor, 1, t.image_size, t.seq_len, "cuda")
+        # LoRA B starts at zero, so A's gradient is zero until one step has moved B: step, then look
+        optimizer = train.make_optimizer(model, recipe)
+        train.train_step(model, batch, optimizer)
+        train.backward(model, batch)
+        record["without_gradient"] = train.without_gradient(model)
+        model.zero_grad(set_to_none=True)
+        del optimizer, batch
+        lap("gradient_check_time_s")
 
-    for n in batch_sizes:
+        fast.for_inference(model)
+        prompt = inputs.example_batch(family, processor).to("cuda")
+        first, second = greedy(model, prompt), greedy(model, prompt)
+        record["generation"] = {"tokens": first.tolist(), "deterministic": bool(torch.equal(first, second))}
+        fast.for_training(model)
+        lap("generation_time_s")
+
+    for n in batch_sizes if steps else ():
         batch = inputs.sized_batch(family, processor, n, t.image_size, t.seq_len, "cuda")
         step = probe.measure_step(model, batch, recipe)
         del batch
         record["steps"].append(step.as_dict())
         figures.update(step_figures(step, static["allocated_bytes"], before["allocated_bytes"]))
         figures.pop(f"checkpointed_calls_bs{n}", None)  # Unsloth checkpoints its own way: transformers' hook never sees it
-    lap("steps_time_s")
+    if steps:
+        lap("steps_time_s")
     figures["total_time_s"] = time.perf_counter() - started
     figures["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return record
+
+
+def merge(parts: dict[str, dict]) -> dict:
+    """Return a case's record from its PARTS' records: the steps child's, with the checks child's findings; the
+    checks child's times under checks_*. A part that failed makes the record an error naming it."""
+    failed = [f"{name} child:\n{rec['error']}" for name, rec in parts.items() if "error" in rec]
+    if failed:
+        return {"case": next(iter(parts.values()))["case"], "error": "\n".join(failed),
+                "log_tail": "\n".join(rec.get("log_tail", "") for rec in parts.values())}
+    checks, steps = parts["checks"], parts["steps"]
+    record = {**steps, **{k: checks[k] for k in CHECKS_KEYS}, "part": "all"}
+    record["figures"] = {**steps["figures"], **{f"checks_{k}": v for k, v in checks["figures"].items()
+                                                if k.endswith("_time_s")}}
+    record["log_tail"] = steps.get("log_tail", "")
     return record
 
 
@@ -151,30 +181,60 @@ def unavailable() -> str | None:
     return None
 
 
-def run_isolated(family: str, size: str, checkpoint: Path, batch_sizes, out: Path, timeout_s: int = 1800) -> dict:
-    """Run the Unsloth profile of a case in a child process and return its record; raise if none comes back."""
-    import json
-    import subprocess
+def command(family: str, size: str, checkpoint: Path, batch_sizes, part: str, out: Path) -> list[str]:
+    """Return the command line of one child: python -m harness.measure.unsloth_backend ..."""
+    return [sys.executable, "-m", "harness.measure.unsloth_backend", "--family", family, "--size", size,
+            "--checkpoint", str(checkpoint), "--batch-sizes", *map(str, batch_sizes), "--part", part,
+            "--out", str(out)]
 
-    from harness.util.errors import HarnessError
 
-    cmd = [sys.executable, "-m", "harness.measure.unsloth_backend", "--family", family, "--size", size,
-           "--checkpoint", str(checkpoint), "--batch-sizes", *map(str, batch_sizes), "--out", str(out)]
+def child_env() -> dict:
+    """Return the children's environment: this one, with harness importable as it is here (checkout or site-packages)."""
     import harness
 
-    root = str(Path(harness.__file__).resolve().parent.parent)  # where harness imports from: checkout or site-packages
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-    started = time.perf_counter()
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
-    wall_s = time.perf_counter() - started
-    if not out.is_file():
-        raise HarnessError(f"the Unsloth child process for {family}-{size} exited {done.returncode} without a record; "
-                           f"its output ends:\n{(done.stdout + done.stderr)[-3000:]}")
-    record = json.loads(out.read_text())
-    if isinstance(record.get("figures"), dict):
-        record["figures"]["child_wall_time_s"] = wall_s  # interpreter start and imports included
-    record["log_tail"] = (done.stdout + done.stderr)[-3000:]
-    return record
+    root = str(Path(harness.__file__).resolve().parent.parent)
+    return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, pass_fds=()) -> dict[str, Path]:
+    """Start the children of a case (one per part) in the background; return each part's job stem under folder.
+
+    pass_fds are inherited by every child: a shared lock on the checkpoint (harness.model.disk.hold) held that
+    way lasts as long as the last child reading it.
+    """
+    from harness.util import jobs
+
+    stems = {}
+    for part in PARTS:
+        stem = Path(folder) / f"unsloth-{family}-{size}-{part}"
+        jobs.spawn(command(family, size, checkpoint, batch_sizes, part, jobs.files(stem)[0]), stem, env=child_env(),
+                   pass_fds=tuple(pass_fds))
+        (stem.parent / f"{stem.name}.started").write_text(str(time.time()))
+        stems[part] = stem
+    return stems
+
+
+def collect(family: str, size: str, stems: dict[str, Path], timeout_s: float = 1800) -> dict:
+    """Wait for a case's children (started by any process of the run) and return its merged record."""
+    from harness.util import jobs
+
+    parts = {}
+    for part, stem in stems.items():
+        record_file, log, _ = jobs.files(stem)
+        rec = jobs.wait(stem, f"the Unsloth {part} child of {family}-{size}", timeout_s=timeout_s)
+        started = stem.parent / f"{stem.name}.started"
+        if isinstance(rec.get("figures"), dict) and started.is_file():  # interpreter start and imports included
+            rec["figures"]["child_wall_time_s"] = record_file.stat().st_mtime - float(started.read_text())
+        rec["log_tail"] = jobs.tail(log)
+        parts[part] = rec
+    return merge(parts)
+
+
+def run_isolated(family: str, size: str, checkpoint: Path, batch_sizes, out: Path, timeout_s: int = 1800) -> dict:
+    """Run the Unsloth profile of a case in its child processes and return its record; raise if none comes back."""
+    out = Path(out)
+    stems = start(family, size, checkpoint, batch_sizes, out.parent / out.stem)
+    return collect(family, size, stems, timeout_s)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,14 +244,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", required=True)
     parser.add_argument("--checkpoint", required=True, type=Path, help="the local checkpoint folder to load")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--part", choices=("all", *PARTS), default="all")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network: Unsloth otherwise pings the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from harness.util import jobs
     from harness.util.atomic import write_json
 
+    jobs.beat()  # started in the background by a test run: say it is alive, stop if the run is gone
     try:
-        record = profile(args.family, args.size, args.checkpoint, args.batch_sizes)
+        record = profile(args.family, args.size, args.checkpoint, args.batch_sizes, args.part)
     except Exception:  # noqa: BLE001 - the parent reports it; a record always gets written
         record = {"case": f"{args.family}-{args.size}--{VARIANT}", "error": traceback.format_exc()}
     write_json(args.out, record)

@@ -3,6 +3,9 @@ pins each to its own card before CUDA starts, so every case's figures stay those
 
 On one GPU (or none) nothing is pinned; `-n N` with an explicit N still shares one card between N processes
 (.ci/gpu-run does that on a single H200: memory figures are per process).
+
+Under `--dist loadgroup` the groups go out in collection order (pytest-xdist ≥ 3.6 would otherwise sort them by
+their number of tests): the GPU tier orders its groups itself, longest first, the tests that only wait last.
 """
 from __future__ import annotations
 
@@ -39,6 +42,8 @@ def pytest_configure(config):
     worker = getattr(config, "workerinput", {}).get("workerid")  # set by pytest-xdist in its worker processes only
     if worker:
         pin_this_worker(worker)  # before any test, so before CUDA is initialised in this process
+    elif getattr(config.option, "dist", None) == "loadgroup":
+        config.option.loadscopereorder = False  # read by the controller's scheduler: keep the collection's order
 
 
 @pytest.hookimpl(optionalhook=True, tryfirst=True)  # before xdist's own answer (the CPU count)

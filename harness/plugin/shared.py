@@ -1,12 +1,15 @@
 """Work done once per test run and shared by the run's pytest-xdist workers: the first to ask computes it, the others
 wait for it and read it (a JSON record in a folder of the run, under a file lock).
 
-The GPU tier uses it for the Unsloth runs: the side-by-side comparison and the Unsloth tests ask for the same
-record from different workers, and each run costs minutes in a child process.
+The GPU tier uses it for the Unsloth runs (the side-by-side comparison and the Unsloth tests ask for the same
+record from different workers, and each costs minutes in child processes), for the comparison records the
+side-by-side table reads, and to claim work once per run: the process that starts the Unsloth children, the
+worker that profiles a case (a second claim means the run split a case's tests between workers).
 """
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -35,3 +38,33 @@ def once(folder: Path | None, name: str, compute: Callable[[], dict]) -> tuple[d
         record = compute()
         write_json(path, record)
         return record, True
+
+
+def claim(folder: Path, name: str, take: bool = True) -> tuple[bool, str | None]:
+    """Claim `name` for this process, once per run (an exclusive create in the run's folder): return (whether this
+    call claimed it, who holds it: 'gw1 (pid 123)', None when nobody does). take=False only asks who holds it."""
+    path = Path(folder) / f"{name}.claim"
+    me = f"{os.environ.get('PYTEST_XDIST_WORKER', 'the main process')} (pid {os.getpid()})"
+    if take:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            with open(path, "x") as f:
+                f.write(me)
+            return True, me
+        except FileExistsError:
+            pass
+    try:
+        return False, path.read_text() or "another process"
+    except FileNotFoundError:
+        return False, None
+
+
+def once_per_run(folder: Path, what: str) -> None:
+    """Fail the test unless this process is the run's first to compute `what` (a case's profile, say): a second
+    means the run split the tests that share it between workers, and each computes it again."""
+    import pytest
+
+    first, by = claim(folder, what)
+    if not first:
+        pytest.fail(f"{what}: expected to be computed once per run, but {by} computed it already: the tests that "
+                    "share it were split between workers; run with --dist loadgroup", pytrace=False)

@@ -8,7 +8,7 @@ from harness.measure import probe
 from harness.model import pipeline
 from harness.recipe import default_recipe
 
-pytestmark = pytest.mark.xdist_group("gpu-fault-isolation")  # in order, in one worker
+pytestmark = pytest.mark.checkpoint("qwen2.5", "0.5b")  # in order, in one worker: its checkpoint's group
 
 # What may stay allocated after a fault: allocator rounding. A leaked step holds hundreds of MiB (the logits
 # alone of a batch of 4 at 512 tokens over a 152k vocabulary take 600 MiB in bf16).

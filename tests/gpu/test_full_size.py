@@ -40,6 +40,7 @@ def test_memory_matches_the_stored_baseline(gpu_profile, baseline_problems):
     assert baseline_problems(gpu_profile.record()) == []
 
 
+@pytest.mark.checkpoint("qwen2.5", "0.5b")
 def test_an_oom_is_recorded_and_the_next_step_runs(budget, cache_dir):
     case = pipeline.case("qwen2.5", "0.5b", default_recipe("qwen2.5"))
     harnessed = pipeline.harness(case, cache_dir, device="cuda")
@@ -73,6 +74,7 @@ def test_a_user_checkpoint_runs_through_the_same_path(pytestconfig, cuda):
     assert audit(model, family, recipe, str(folder)).violations(recipe) == []
 
 
+@pytest.mark.checkpoint("qwen2.5-vl", "7b")
 def test_a_recipe_budget_answers_whether_it_fits_a_16gb_card(budget, cache_dir):
     from harness.measure.profile import profile_case
 

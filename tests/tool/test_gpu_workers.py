@@ -1,8 +1,13 @@
 """One pytest-xdist worker per GPU on a multi-GPU host (harness.plugin.gpus), shown without a GPU: the cards are
 what CUDA_VISIBLE_DEVICES or `nvidia-smi -L` name, and each worker process ends up seeing one of them."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
-from harness.plugin import gpus
+from harness.plugin import gpus, shared
 from harness.util.env import visible_gpus
 
 pytest_plugins = ["pytester"]
@@ -103,3 +108,136 @@ def test_a_record_shared_by_the_workers_of_a_run_is_computed_once(pytester, monk
         result.assert_outcomes(passed=4)
 
     assert len(computed.read_text().splitlines()) == 2
+
+
+def test_the_first_claim_of_a_run_wins_and_the_others_learn_who_holds_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw3")
+
+    first, second = shared.claim(tmp_path, "qwen2.5-7b"), shared.claim(tmp_path, "qwen2.5-7b")
+
+    assert first == (True, f"gw3 (pid {os.getpid()})")
+    assert second == (False, f"gw3 (pid {os.getpid()})")
+    assert shared.claim(tmp_path, "never-claimed", take=False) == (False, None)
+
+
+GROUPS = """
+import os
+
+import pytest
+
+
+@pytest.mark.parametrize("n", range(2))
+@pytest.mark.xdist_group("few")
+def test_few(n):
+    with open(os.environ["WHERE"], "a") as f:
+        f.write("few\\n")
+
+
+@pytest.mark.parametrize("n", range(6))
+@pytest.mark.xdist_group("many")
+def test_many(n):
+    with open(os.environ["WHERE"], "a") as f:
+        f.write("many\\n")
+"""
+
+
+def test_groups_go_out_in_collection_order_not_by_their_number_of_tests(pytester, monkeypatch):
+    # the GPU tier collects its costliest group first and the Unsloth waiters last; pytest-xdist's own order
+    # (most tests first) would hand a waiting group to a worker at the start
+    pytester.makepyfile(test_groups=GROUPS)
+    where = pytester.path / "where.txt"
+    monkeypatch.setenv("WHERE", str(where))
+
+    result = pytester.runpytest_subprocess("-p", "harness.plugin.gpus", "-p", "no:cacheprovider", "-n", "1",
+                                           "--dist", "loadgroup")
+
+    result.assert_outcomes(passed=8)
+    assert where.read_text().split() == ["few"] * 2 + ["many"] * 6
+
+
+SHOW_GROUPS = """
+def pytest_collection_finish(session):
+    for item in session.items:
+        mark = item.get_closest_marker("xdist_group")
+        print("GROUP", mark.args[0] if mark else "-", item.nodeid)
+"""
+
+
+def test_the_gpu_tier_runs_its_costliest_checkpoint_first_each_group_together_and_the_waiters_last(tmp_path):
+    (tmp_path / "show_groups.py").write_text(SHOW_GROUPS)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu", "-m", "gpu and not seed and not benchmark",
+                          "--collect-only", "-q", "-p", "no:cacheprovider", "-p", "show_groups"], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    groups = [line.split()[1] for line in out.stdout.splitlines() if line.startswith("GROUP ")]
+    assert groups, out.stdout + out.stderr
+
+    runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]  # each group once: together
+    assert len(runs) == len(set(runs)), runs
+    assert runs[0] == "checkpoint-qwen2.5-vl-7b"  # its matrix case and six comparison variants: the costliest
+    waiting = [g for g in runs if g.startswith("unsloth-")]
+    assert waiting == runs[-len(waiting):] and len(waiting) == 2  # the Unsloth waiters, last
+    assert "-" not in runs[:-len(waiting)] or runs.index("-") > runs.index("checkpoint-qwen2.5-0.5b")
+
+
+def test_an_unsloth_record_is_the_steps_child_s_figures_with_the_checks_child_s_findings():
+    from harness.measure import unsloth_backend
+
+    checks = {"case": "c--unsloth", "violations": [], "trainable_params": 10, "expected_trainable_params": 10,
+              "without_gradient": [], "generation": {"deterministic": True}, "steps": [],
+              "figures": {"gradient_check_time_s": 60.0, "load_time_s": 9.0}}
+    steps = {"case": "c--unsloth", "steps": [{"batch_size": 1}],
+             "figures": {"static_allocated_bytes": 7, "peak_allocated_bs1_bytes": 8, "load_time_s": 8.0}}
+
+    record = unsloth_backend.merge({"checks": checks, "steps": steps})
+
+    assert record["figures"] == {"static_allocated_bytes": 7, "peak_allocated_bs1_bytes": 8, "load_time_s": 8.0,
+                                 "checks_gradient_check_time_s": 60.0, "checks_load_time_s": 9.0}
+    assert record["steps"] == [{"batch_size": 1}]
+    assert (record["violations"], record["trainable_params"], record["without_gradient"]) == ([], 10, [])
+
+
+def test_an_unsloth_part_that_failed_makes_the_record_an_error_naming_it():
+    from harness.measure import unsloth_backend
+
+    record = unsloth_backend.merge({"checks": {"case": "c--unsloth", "figures": {}},
+                                    "steps": {"case": "c--unsloth", "error": "Traceback: CUDA out of memory"}})
+
+    assert record["error"] == "steps child:\nTraceback: CUDA out of memory"
+
+
+ONCE = """
+import os
+from pathlib import Path
+
+import pytest
+
+from harness.plugin import shared
+
+
+@pytest.fixture(scope="session")
+def profile(request):
+    shared.once_per_run(shared.run_folder(request, Path(os.environ["CACHE"])), "qwen2.5-7b-nf4-dq-r16")
+    return 42
+
+
+@pytest.mark.parametrize("n", range(6))
+@pytest.mark.xdist_group("checkpoint-qwen2.5-7b")
+def test_reads_the_profile(profile, n):
+    assert profile == 42
+"""
+
+
+@pytest.mark.parametrize("dist, outcomes", [("loadgroup", {"passed": 6}), ("load", {"passed": 3, "errors": 3})])
+def test_a_profile_computed_twice_in_a_run_fails_saying_how_to_keep_its_tests_together(pytester, monkeypatch,
+                                                                                         dist, outcomes):
+    pytester.makepyfile(test_once=ONCE)
+    monkeypatch.setenv("CACHE", str(pytester.mkdir("cache")))
+
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2", "--dist", dist)
+
+    result.assert_outcomes(**outcomes)
+    if dist == "load":
+        result.stdout.fnmatch_lines(["*qwen2.5-7b-nf4-dq-r16: expected to be computed once per run, but gw* "
+                                     "computed it already*run with --dist loadgroup*"])
