@@ -14,13 +14,16 @@ from filelock import FileLock
 from harness.families import FamilySpec, check_size
 from harness.util.atomic import leftovers, staged_folder, write_json
 from harness.util.env import library_versions
+from harness.util.errors import HarnessError
 
 from . import disk
 
 MARKER = "qlora-harness.json"  # written last: a folder without it was never finished
-ROOM_LOCK = ".room.lock"  # one build at a time makes disk room and writes (builds are disk-bound anyway)
+ROOM_LOCK = ".room.lock"  # one build at a time makes disk room and reserves it; the builds then run side by side
 BUILD_LOG = "builds.jsonl"  # one line per build, next to the checkpoints: what was built, by which process, how long
 CACHE_ENV = "QLORA_HARNESS_CACHE"
+BUILDS_ENV = "QLORA_HARNESS_BUILDS"  # how many checkpoints one cache builds at once
+DEFAULT_BUILDS = 2
 # Libraries whose version changes what save_pretrained writes (weights, configs, tokenizer files).
 FORMAT_LIBRARIES = ("transformers", "tokenizers", "safetensors")
 
@@ -31,6 +34,17 @@ def default_cache_dir(environ: os._Environ | dict = os.environ) -> Path:
         return Path(environ[CACHE_ENV]).expanduser()
     base = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "qlora-harness"
+
+
+def build_slots(environ: os._Environ | dict = os.environ) -> int:
+    """Return how many checkpoints a cache builds at once: $QLORA_HARNESS_BUILDS, else 2."""
+    value = environ.get(BUILDS_ENV, "").strip()
+    if not value:
+        return DEFAULT_BUILDS
+    if not (value.isascii() and value.isdigit() and int(value) >= 1):
+        raise HarnessError(f"{BUILDS_ENV}={value!r}: expected a whole number of checkpoint builds at once, 1 or more; "
+                           f"set it so (1 builds one at a time) or unset it for the default {DEFAULT_BUILDS}")
+    return int(value)
 
 
 def make_config(family: FamilySpec, size: str):
@@ -123,6 +137,7 @@ def is_complete(folder: Path) -> bool:
 def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
     """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing."""
     check_size(family, size)
+    slots = build_slots()
     cache_dir = Path(cache_dir)
     folder = cache_dir / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
     if is_complete(folder):
@@ -131,13 +146,28 @@ def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: i
     with FileLock(str(folder) + ".lock"):
         if not is_complete(folder):  # another worker may have built it while we waited
             _sweep(folder)
-            with FileLock(str(folder.parent / ROOM_LOCK)):
-                start = time.perf_counter()
-                disk.make_room(_complete(folder.parent), folder.parent, weight_bytes(family, size))
-                with staged_folder(folder) as stage:
-                    _build(family, size, stage, seed, device)
-                _log_build(folder, time.perf_counter() - start)
+            _build_beside_others(family, size, folder, seed, device, slots)
     return folder
+
+
+def _build_beside_others(family: FamilySpec, size: str, folder: Path, seed: int, device: str, slots: int) -> None:
+    # Up to `slots` builds of one cache run at once. Only the room accounting is one at a time (ROOM_LOCK): evict
+    # until the disk holds this build beside what the builds in progress will still write, reserve that, go.
+    checkpoints, needed = folder.parent, weight_bytes(family, size)
+    asked = time.perf_counter()
+    with disk.build_slot(checkpoints, slots):
+        started, start = time.time(), time.perf_counter()
+        with staged_folder(folder) as stage:
+            with FileLock(str(checkpoints / ROOM_LOCK)):
+                disk.make_room(_complete(checkpoints), checkpoints, needed)
+                reservation = disk.reserve(checkpoints, folder.name, needed, stage)
+            waited_s = time.perf_counter() - asked
+            try:
+                phases = _build(family, size, stage, seed, device) or {}  # a test's stand-in build times nothing
+            finally:
+                disk.unreserve(checkpoints, folder.name, reservation)
+        _log_build(folder, {"started": started, "seconds": time.perf_counter() - start, "waited_s": waited_s,
+                            "bytes": disk.folder_bytes(folder), **phases})
 
 
 @contextmanager
@@ -173,7 +203,13 @@ def _complete(checkpoints: Path) -> list[Path]:
 
 
 def builds(cache_dir: Path) -> list[dict]:
-    """Return the build log of a cache: one entry per synthetic checkpoint built (folder, pid, seconds)."""
+    """Return the build log of a cache: one entry per synthetic checkpoint built.
+
+    Each entry: folder, pid, bytes (the finished folder's); started and at (epoch seconds: the build took its slot,
+    the folder was finished); seconds (from the one to the other: making room, building, saving); waited_s (for a
+    slot and for room, making it included); construct_s, save_s, processor_s (the model built and initialized, its
+    save_pretrained, the processor's files).
+    """
     log = Path(cache_dir) / "checkpoints" / BUILD_LOG
     return [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.is_file() else []
 
@@ -188,16 +224,21 @@ def _sweep(folder: Path) -> None:
             path.unlink(missing_ok=True)
 
 
-def _log_build(folder: Path, seconds: float) -> None:
-    line = json.dumps({"folder": folder.name, "pid": os.getpid(), "seconds": round(seconds, 3), "at": time.time()})
+def _log_build(folder: Path, facts: dict) -> None:
+    # durations to the millisecond; timestamps whole, so that one build's start compares truly with another's end
+    facts = {name: round(value, 3) if name == "seconds" or name.endswith("_s") else value
+             for name, value in facts.items()}
+    line = json.dumps({"folder": folder.name, "pid": os.getpid(), **facts, "at": time.time()})
     with open(folder.parent / BUILD_LOG, "a") as log:  # one short append per build: whole lines, even concurrently
         log.write(line + "\n")
 
 
-def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> None:
+def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> dict[str, float]:
+    """Write a checkpoint into out; return the seconds its parts took (construct_s, save_s, processor_s)."""
     import torch
     import transformers
 
+    start = time.perf_counter()
     config = make_config(family, size)
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -209,7 +250,10 @@ def _build(family: FamilySpec, size: str, out: Path, seed: int, device: str) -> 
         torch.set_default_dtype(previous)
     if family.init_weights is not None:  # weights transformers leaves inert (Gemma 3's projector starts at zero)
         family.init_weights(model)
+    constructed = time.perf_counter()
     model.save_pretrained(out, safe_serialization=True, max_shard_size="5GB")
     del model
+    saved = time.perf_counter()
     family.write_processor(out, config)
     write_json(out / MARKER, {"family": family.name, "size": size, "seed": seed, "versions": library_versions()})
+    return {"construct_s": constructed - start, "save_s": saved - constructed, "processor_s": time.perf_counter() - saved}

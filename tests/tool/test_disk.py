@@ -106,3 +106,39 @@ def test_the_room_a_build_asks_for_is_what_it_writes(name, cache_dir):
     asked = synth.weight_bytes(family, "tiny")
 
     assert 0.97 * written < asked <= written  # the files also hold their headers
+
+
+def _reserve_and_die(where, stage):
+    disk.reserve(where, "died", 10**9, stage)
+    os._exit(0)  # no cleanup: the kernel drops the flock, the file stays
+
+
+def test_a_build_in_progress_counts_against_the_room_another_makes(tmp_path, disk_of):
+    old, new = _checkpoint(tmp_path, "old", 100), _checkpoint(tmp_path, "new", 200)
+    size = (old / "model.safetensors").stat().st_size
+    stage = tmp_path / ".building.partial"
+    stage.mkdir()
+    (stage / "model.safetensors").write_bytes(b"\0" * 3000)  # written so far
+    disk_of(2 * size + 3000 + 6000)  # 6000 free: what this build needs, were nothing else being built
+    fd = disk.reserve(tmp_path, "building", 3000 + size, stage)  # `size` still to come
+    try:
+        evicted = disk.make_room([new, old], tmp_path, needed_bytes=6000, margin_bytes=0, wait_s=0)
+    finally:
+        disk.unreserve(tmp_path, "building", fd)
+
+    assert evicted == [old]  # room for the other build's rest too; not for its whole (that would take `new` as well)
+    assert new.exists()
+
+
+def test_the_reservation_of_a_build_whose_process_died_is_ignored_and_removed(tmp_path, disk_of):
+    old = _checkpoint(tmp_path, "old", 100)
+    disk_of((old / "model.safetensors").stat().st_size + 6000)
+    dead = multiprocessing.get_context("spawn").Process(target=_reserve_and_die, args=(tmp_path, tmp_path / "gone"))
+    dead.start()
+    dead.join(60)
+    assert dead.exitcode == 0 and (tmp_path / f"{disk.RESERVED}died").is_file()
+
+    evicted = disk.make_room([old], tmp_path, needed_bytes=6000, margin_bytes=0, wait_s=0)
+
+    assert evicted == [] and old.exists()
+    assert not (tmp_path / f"{disk.RESERVED}died").exists()
