@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from harness.measure import baselines
 from harness.report import against
 from harness.util.errors import HarnessError
@@ -15,6 +17,7 @@ from harness.util.errors import HarnessError
 LINE = "qlora-harness against baselines"
 
 
+@pytest.hookimpl(trylast=True)  # after the phases and timeline lines: the session's last word on its memory
 def pytest_terminal_summary(terminalreporter, config):
     if getattr(config, "workerinput", None) is not None:
         return  # a worker: the controller writes it once

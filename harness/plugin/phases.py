@@ -9,7 +9,6 @@ channel, as do the reports' own start and stop. Checkpoint builds come from the 
 """
 from __future__ import annotations
 
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -35,9 +34,10 @@ def add(phase: str, seconds: float) -> None:
     _pending.append((phase, float(seconds), time.time()))
 
 
-def worker_id() -> str:
-    """Return this process's pytest-xdist worker id (gw0, gw1...), or 'main' outside xdist."""
-    return os.environ.get("PYTEST_XDIST_WORKER") or "main"
+def worker_id(config) -> str:
+    """Return this session's pytest-xdist worker id (gw0, gw1...), or 'main' outside xdist. Read from the worker's
+    config, not PYTEST_XDIST_WORKER: a session started from inside a worker (a subprocess) inherits that variable."""
+    return (getattr(config, "workerinput", None) or {}).get("workerid", "main")
 
 
 def group_of(item) -> str | None:
@@ -94,7 +94,7 @@ def pytest_configure(config):
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     if call.when == "setup":
-        item.user_properties.append((LANE, {"worker": worker_id(), "group": group_of(item)}))
+        item.user_properties.append((LANE, {"worker": worker_id(item.config), "group": group_of(item)}))
     while _pending:
         item.user_properties.append((PROPERTY, list(_pending.pop(0))))
     yield
