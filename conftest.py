@@ -17,14 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from harness.plugin import gpus, options, phases, pytest_plugin
+from harness.plugin import against_baselines, gpus, options, phases, pytest_plugin
 
 # Registered in pytest_addhooks rather than by pytest_plugins, which pytest refuses in a conftest that is not the
 # rootdir's (a user's project collecting the shipped checks reads this file as such): the repository's options
 # (--recipe, --cache-dir, --checkpoint, --gpu-budget...) checked up front, exit 4 on bad input (installed, the
 # options come through their own entry point before pytest reads the command line); the per-phase wall-time line
-# at the end of a GPU session; on several GPUs one xdist worker per card.
-REPOSITORY_PLUGINS = (options, phases, gpus)
+# and the timeline at the end of a GPU session, and its memory figures against the baselines; on several GPUs one
+# xdist worker per card.
+REPOSITORY_PLUGINS = (options, phases, against_baselines, gpus)
 
 TIERS = {"smoke": ("smoke",), "tool": ("tool",), "gpu": ("gpu",), "bench": ("gpu", "benchmark"), "slow": ("slow",)}
 TIER_MARKERS = {m for markers in TIERS.values() for m in markers}

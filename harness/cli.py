@@ -78,6 +78,21 @@ def _report(args) -> int:
     return 0
 
 
+def _against_baselines(args) -> int:
+    from pathlib import Path
+
+    from harness.report import against
+
+    results = Path(args.results)
+    if not against.gpu_folders(results):
+        found = "does not exist" if not results.exists() else "holds no GPU case records"
+        raise HarnessError(f"against-baselines {results}: {found}; pass the folder that `pytest -m gpu --results-dir` "
+                           "was given (it holds <gpu fingerprint>/<case>.json), or one of its <gpu> folders")
+    for path, line in against.write(results, Path(args.baselines), Path(args.out) if args.out else None):
+        print(f"{path}: {line}")
+    return 0
+
+
 def _recipe_show(args) -> int:
     from harness.families import get_family
     from harness.model import calls, lora
@@ -147,6 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("results", nargs="*", default=["results"], help="folders of results JSON (default: results)")
     p.add_argument("--out", default="report", help="folder for report.md and its plots (default: report)")
     p.set_defaults(run=_report)
+    p = sub.add_parser("against-baselines", help="a GPU run's gated memory figures beside the baselines': a Markdown "
+                                                 "table, and whether each is within 0.5%%")
+    p.add_argument("results", help="the folder `pytest -m gpu --results-dir` was given (or one of its <gpu> folders)")
+    p.add_argument("--baselines", default="baselines",
+                   help="the baselines folder, holding <gpu>/<case>.json (default: baselines)")
+    p.add_argument("--out", default=None, help="the Markdown file (default: RESULTS/<gpu>/against-baselines.md)")
+    p.set_defaults(run=_against_baselines)
     args = parser.parse_args(argv)
     try:
         return args.run(args)

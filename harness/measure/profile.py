@@ -9,7 +9,7 @@ from typing import Any
 from harness.checks import checkpointing, inputs
 from harness.checks.audit import audit
 from harness.model import load, pipeline
-from harness.util.env import gpu_fingerprint, library_versions
+from harness.util.env import gpu_fingerprint, gpu_workers, library_versions
 from harness.util.units import parse_bytes
 
 from . import memory, probe
@@ -29,10 +29,10 @@ class Profile:
     steps: list[probe.StepResult] = field(default_factory=list)
 
     def record(self) -> dict:
-        """Return the baseline record: case, recipe, GPU, versions and figures."""
+        """Return the baseline record: case, recipe, GPU, versions, figures and how many processes shared the GPU."""
         import dataclasses
 
-        return {"case": self.case.id, "gpu": gpu_fingerprint(), "versions": library_versions(),
+        return {"case": self.case.id, "gpu": gpu_fingerprint(), "workers": gpu_workers(), "versions": library_versions(),
                 "recipe": dataclasses.asdict(self.case.recipe), "figures": self.figures,
                 "steps": [s.as_dict() for s in self.steps]}
 

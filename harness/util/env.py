@@ -43,6 +43,16 @@ def gpu_fingerprint() -> str | None:
     return f"{name}-{gib}gib-cuda{torch.version.cuda}"
 
 
+def gpu_workers(environ=None) -> int:
+    """Return how many test processes of this run share the GPU: the pytest-xdist worker count (xdist sets
+    PYTEST_XDIST_WORKER_COUNT in each worker, and a child process inherits it), else 1."""
+    import os
+
+    environ = os.environ if environ is None else environ
+    count = environ.get("PYTEST_XDIST_WORKER_COUNT")
+    return int(count) if count else 1
+
+
 def visible_gpus(environ=None, smi=None) -> list[str]:
     """Return the CUDA devices this process may use, as CUDA_VISIBLE_DEVICES names them, without initialising CUDA
     (so a process can still be pinned to one of them afterwards). environ and smi (the output of `nvidia-smi -L`)
