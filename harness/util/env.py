@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import importlib.metadata
-import os
 import platform
 
 LIBRARIES = ("torch", "transformers", "peft", "bitsandbytes", "accelerate", "trl", "unsloth")
@@ -17,11 +16,6 @@ def library_versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def gpu_workers() -> int:
-    """Return how many test processes of this run share the GPU: pytest-xdist's worker count, else 1."""
-    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 1)
 
 
 def has_cuda() -> bool:

@@ -40,5 +40,5 @@ def test_unsloth_steps_run_with_compile_time_reported_apart(record):
 
 
 def test_unsloth_memory_matches_the_stored_baseline(record, baseline_problems):
-    stored = {k: record[k] for k in ("case", "gpu", "versions", "recipe", "figures", "steps")}
+    stored = {k: record[k] for k in ("case", "gpu", "versions", "workers", "recipe", "figures", "steps")}
     assert baseline_problems(stored) == []

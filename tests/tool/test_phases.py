@@ -139,3 +139,28 @@ def test_the_longest_lane_is_the_busiest_worker_and_its_longest_group():
     assert phases.timeline_line("out/timeline.json", tests) == (
         "qlora-harness timeline: out/timeline.json; the longest worker lane gw0 110 s (its longest group b 60 s)")
     assert phases.longest_lane([{"worker": "main", "group": None, "start": 0, "stop": 5}]) == ("main", 5, None, 0.0)
+
+
+def test_the_benchmark_session_waits_for_the_tier_before_its_first_test(tmp_path):
+    # .ci/gpu-run starts the benchmarks beside the tier: imports and collection overlap it, the timings must not
+    import os
+    import re
+    import subprocess
+    import sys
+    import threading
+    import time
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    done = tmp_path / "tier-finished"
+    threading.Timer(8.0, done.touch).start()  # the tier ends 8 s from now
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "pytest", "tests/bench", "-m", "gpu and benchmark", "-q",
+                          "-p", "no:cacheprovider", "-k", "dequantize"], cwd=root, capture_output=True, text=True,
+                         env={**os.environ, "QLORA_HARNESS_START_AFTER": str(done), "QLORA_HARNESS_CACHE": str(tmp_path)},
+                         timeout=300)
+    took = time.monotonic() - started
+
+    assert "2 skipped" in out.stdout, out.stdout + out.stderr
+    assert took >= 8.0
+    assert re.search(r"qlora-harness phases \(one process\): .*waiting for the tier \d+ s", out.stdout), out.stdout
