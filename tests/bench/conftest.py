@@ -18,7 +18,6 @@ from harness.measure import probe
 from harness.plugin import phases
 from harness.util import env
 
-
 START_AFTER = "QLORA_HARNESS_START_AFTER"
 
 
