@@ -8,10 +8,11 @@ for every LoRA parameter, deterministic generation) before it measures steps by 
 step at each new shape compiles: its time is reported apart (warmup_step_time), never in the step time.
 Host memory is recorded too: Unsloth's checkpointing offloads activations to it.
 
-A case runs as two children at once (PARTS), each loading the checkpoint and adding LoRA: "checks" audits the
-model, checks every LoRA parameter's gradient and generation; "steps" measures static VRAM and the steps. The
-memory figures are the steps child's, as a user's run measures them: load, LoRA, train. Each child compiles its
-own first steps, so the two take about as long as the longer of them rather than the sum.
+A case runs as two children at once (PARTS), each loading the checkpoint and adding LoRA: "steps" audits the
+model, measures static VRAM and the steps, as a user's run goes (load, LoRA, train), then checks every LoRA
+parameter's gradient; "generation" generates twice. Only the steps child compiles training steps, and the two
+take about as long as the longer of them rather than the sum. A child may start before its checkpoint is built
+(--wait-for-checkpoint): it imports Unsloth meanwhile, then waits for the folder and holds it while it reads.
 """
 from __future__ import annotations
 
@@ -24,9 +25,7 @@ import traceback
 from pathlib import Path
 
 VARIANT = "unsloth"
-PARTS = ("checks", "steps")
-# what the checks child contributes to a case's record; everything else (figures, steps) is the steps child's
-CHECKS_KEYS = ("violations", "trainable_params", "expected_trainable_params", "without_gradient", "generation")
+PARTS = ("steps", "generation")
 
 
 def _fast_class(family):
@@ -66,14 +65,17 @@ def _stopwatch(figures: dict):
     return lap
 
 
-def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], part: str = "all") -> dict:
-    """Return the Unsloth record of a case (part "all"), or of one of its PARTS: "checks" (audits, gradients,
-    generation) or "steps" (static VRAM, steps by batch size, compile time apart)."""
+def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], part: str = "all",
+            before_load=None) -> dict:
+    """Return the Unsloth record of a case (part "all"), or of one of its PARTS: "steps" (audit, static VRAM, steps
+    by batch size with compile time apart, then every LoRA parameter's gradient) or "generation"."""
     started = time.perf_counter()
     import torch
     import unsloth  # noqa: F401 - first, so that its patches apply before transformers is used
 
     import_s = time.perf_counter() - started
+    if before_load is not None:  # e.g. wait for the checkpoint, now that Unsloth is imported
+        before_load()
 
     from harness.checks import inputs, train
     from harness.checks.audit import audit
@@ -85,7 +87,7 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], p
     from . import memory, probe, variants
     from .profile import step_figures
 
-    checks, steps = part in ("checks", "all"), part in ("steps", "all")
+    steps, generation = part in ("steps", "all"), part in ("generation", "all")
     recipe = variants.derive(default_recipe(family_name), variants.get_variant(VARIANT))
     case = pipeline.case(family_name, size, recipe, checkpoint=folder, variant=VARIANT)
     family, fast = case.family, _fast_class(case.family)
@@ -94,6 +96,7 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], p
               "figures": {}, "steps": []}
     figures = record["figures"]
     figures["import_time_s"] = import_s  # where the child's time goes: recorded for the phase line, never gated
+    figures["checkpoint_wait_time_s"] = time.perf_counter() - started - import_s
     lap = _stopwatch(figures)
 
     probe.warm_up()
@@ -102,12 +105,11 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], p
     model, _ = _load(fast, folder, recipe)
     figures["load_time_s"] = time.perf_counter() - start
     static = probe.memory_since(before)
+    lap("warm_up_and_load_time_s")
     if steps:
         figures.update({"static_allocated_bytes": static["allocated_bytes"],
                         "static_reserved_bytes": static["reserved_bytes"],
                         "minimum_bytes": memory.inventory_bytes(model, recipe.quantization.double_quant)["total"]})
-    lap("warm_up_and_load_time_s")
-    if checks:
         targets = lora.lora_targets(model, family, recipe)
         record["expected_trainable_params"] = lora.expected_trainable_params(model, targets, recipe)
     model = _add_lora(fast, model, family, recipe)
@@ -115,53 +117,68 @@ def profile(family_name: str, size: str, folder: Path, batch_sizes: list[int], p
     processor = load.load_processor(folder, family)
     t = recipe.training
 
-    if checks:
-        report = audit(model, family, recipe, case.id)
+    if steps:
+        report = audit(model, family, recipe, case.id)  # module inspection only: no GPU memory
         record["violations"] = report.violations(recipe)
         record["trainable_params"] = report.trainable_params
+        for n in batch_sizes:
+            batch = inputs.sized_batch(family, processor, n, t.image_size, t.seq_len, "cuda")
+            step = probe.measure_step(model, batch, recipe)
+            del batch
+            record["steps"].append(step.as_dict())
+            figures.update(step_figures(step, static["allocated_bytes"], before["allocated_bytes"]))
+            figures.pop(f"checkpointed_calls_bs{n}", None)  # Unsloth checkpoints its own way: not transformers' hook
+        lap("steps_time_s")
+        # LoRA B starts at zero, so A's gradient is zero until a step has moved B: the steps have; now look
         batch = inputs.sized_batch(family, processor, 1, t.image_size, t.seq_len, "cuda")
-        # LoRA B starts at zero, so A's gradient is zero until one step has moved B: step, then look
-        optimizer = train.make_optimizer(model, recipe)
-        train.train_step(model, batch, optimizer)
         train.backward(model, batch)
         record["without_gradient"] = train.without_gradient(model)
         model.zero_grad(set_to_none=True)
-        del optimizer, batch
+        del batch
         lap("gradient_check_time_s")
 
+    if generation:
         fast.for_inference(model)
         prompt = inputs.example_batch(family, processor).to("cuda")
         first, second = greedy(model, prompt), greedy(model, prompt)
         record["generation"] = {"tokens": first.tolist(), "deterministic": bool(torch.equal(first, second))}
         fast.for_training(model)
         lap("generation_time_s")
-
-    for n in batch_sizes if steps else ():
-        batch = inputs.sized_batch(family, processor, n, t.image_size, t.seq_len, "cuda")
-        step = probe.measure_step(model, batch, recipe)
-        del batch
-        record["steps"].append(step.as_dict())
-        figures.update(step_figures(step, static["allocated_bytes"], before["allocated_bytes"]))
-        figures.pop(f"checkpointed_calls_bs{n}", None)  # Unsloth checkpoints its own way: transformers' hook never sees it
-    if steps:
-        lap("steps_time_s")
     figures["total_time_s"] = time.perf_counter() - started
     figures["peak_host_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return record
 
 
+def wait_for_checkpoint(folder: Path, abort: Path, timeout_s: float = 1200, poll_s: float = 1.0) -> int:
+    """In a child started before its checkpoint was built: wait for the folder to be complete, then hold it against
+    eviction for the life of this process (harness.model.disk); raise if the build failed (`abort` names why)."""
+    from harness.model import disk, synth
+    from harness.util.errors import HarnessError
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if abort.is_file():
+            raise HarnessError(f"the checkpoint {folder.name} was not built: {abort.read_text()}")
+        if synth.is_complete(folder):
+            lock = disk.hold(folder)
+            if lock is not None and synth.is_complete(folder):
+                return lock
+        if time.monotonic() > deadline:
+            raise HarnessError(f"the checkpoint {folder} was not built within {timeout_s:.0f} s")
+        time.sleep(poll_s)
+
+
 def merge(parts: dict[str, dict]) -> dict:
-    """Return a case's record from its PARTS' records: the steps child's, with the checks child's findings; the
-    checks child's times under checks_*. A part that failed makes the record an error naming it."""
+    """Return a case's record from its PARTS' records: the steps child's, with the generation child's generation
+    and its times under generation_child_*. A part that failed makes the record an error naming it."""
     failed = [f"{name} child:\n{rec['error']}" for name, rec in parts.items() if "error" in rec]
     if failed:
         return {"case": next(iter(parts.values()))["case"], "error": "\n".join(failed),
                 "log_tail": "\n".join(rec.get("log_tail", "") for rec in parts.values())}
-    checks, steps = parts["checks"], parts["steps"]
-    record = {**steps, **{k: checks[k] for k in CHECKS_KEYS}, "part": "all"}
-    record["figures"] = {**steps["figures"], **{f"checks_{k}": v for k, v in checks["figures"].items()
+    steps, generation = parts["steps"], parts["generation"]
+    record = {**steps, "generation": generation["generation"], "part": "all"}
+    record["figures"] = {**steps["figures"], **{f"generation_child_{k}": v for k, v in generation["figures"].items()
                                                 if k.endswith("_time_s")}}
-    record["log_tail"] = steps.get("log_tail", "")
     return record
 
 
@@ -181,11 +198,13 @@ def unavailable() -> str | None:
     return None
 
 
-def command(family: str, size: str, checkpoint: Path, batch_sizes, part: str, out: Path) -> list[str]:
-    """Return the command line of one child: python -m harness.measure.unsloth_backend ..."""
+def command(family: str, size: str, checkpoint: Path, batch_sizes, part: str, out: Path,
+            abort: Path | None = None) -> list[str]:
+    """Return the command line of one child: python -m harness.measure.unsloth_backend ...; with `abort`, the child
+    waits for the checkpoint to be built (and gives up if the file abort appears)."""
     return [sys.executable, "-m", "harness.measure.unsloth_backend", "--family", family, "--size", size,
             "--checkpoint", str(checkpoint), "--batch-sizes", *map(str, batch_sizes), "--part", part,
-            "--out", str(out)]
+            "--out", str(out), *(["--wait-for-checkpoint", "--abort-if", str(abort)] if abort else [])]
 
 
 def child_env() -> dict:
@@ -196,19 +215,28 @@ def child_env() -> dict:
     return {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
 
 
-def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, pass_fds=()) -> dict[str, Path]:
+def abort_file(stem: Path) -> Path:
+    """Return the file that tells a waiting child its checkpoint will not come (its text says why)."""
+    return Path(stem).with_name(Path(stem).name + ".abort")
+
+
+def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, pass_fds=(),
+          built: bool = True) -> dict[str, Path]:
     """Start the children of a case (one per part) in the background; return each part's job stem under folder.
 
-    pass_fds are inherited by every child: a shared lock on the checkpoint (harness.model.disk.hold) held that
-    way lasts as long as the last child reading it.
+    built=False: the checkpoint is still to be built; each child imports Unsloth, then waits for it and holds it
+    (abort_file(stem) stops the wait). pass_fds are inherited by every child: a shared lock on a built checkpoint
+    (harness.model.disk.hold) held that way lasts as long as the last child reading it.
     """
     from harness.util import jobs
 
     stems = {}
     for part in PARTS:
         stem = Path(folder) / f"unsloth-{family}-{size}-{part}"
-        jobs.spawn(command(family, size, checkpoint, batch_sizes, part, jobs.files(stem)[0]), stem, env=child_env(),
-                   pass_fds=tuple(pass_fds))
+        abort_file(stem).unlink(missing_ok=True)
+        cmd = command(family, size, checkpoint, batch_sizes, part, jobs.files(stem)[0],
+                      None if built else abort_file(stem))
+        jobs.spawn(cmd, stem, env=child_env(), pass_fds=tuple(pass_fds))
         (stem.parent / f"{stem.name}.started").write_text(str(time.time()))
         stems[part] = stem
     return stems
@@ -246,6 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--part", choices=("all", *PARTS), default="all")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--wait-for-checkpoint", action="store_true",
+                        help="the checkpoint is being built: import Unsloth, then wait for it and hold it")
+    parser.add_argument("--abort-if", type=Path, help="with --wait-for-checkpoint: stop waiting if this file appears")
     args = parser.parse_args(argv)
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network: Unsloth otherwise pings the hub
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -254,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
 
     jobs.beat()  # started in the background by a test run: say it is alive, stop if the run is gone
     try:
-        record = profile(args.family, args.size, args.checkpoint, args.batch_sizes, args.part)
+        held = []
+        wait = (lambda: held.append(wait_for_checkpoint(args.checkpoint, args.abort_if or Path(os.devnull))))
+        record = profile(args.family, args.size, args.checkpoint, args.batch_sizes, args.part,
+                         before_load=wait if args.wait_for_checkpoint else None)
     except Exception:  # noqa: BLE001 - the parent reports it; a record always gets written
         record = {"case": f"{args.family}-{args.size}--{VARIANT}", "error": traceback.format_exc()}
     write_json(args.out, record)

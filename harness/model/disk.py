@@ -174,3 +174,16 @@ def folder_bytes(folder: Path) -> int:
             except FileNotFoundError:
                 continue
     return total
+
+
+def read_ahead(folder: Path) -> None:
+    """Ask the kernel to read a checkpoint's weight files into the page cache, in the background (nothing waits)."""
+    for path in Path(folder).glob("*.safetensors"):
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:  # evicted meanwhile
+            continue
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)

@@ -134,12 +134,16 @@ def is_complete(folder: Path) -> bool:
     return (Path(folder) / MARKER).is_file() and headers_intact(folder)
 
 
+def checkpoint_folder(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0) -> Path:
+    """Return where the synthetic checkpoint of a family at a size lives in a cache (built or not)."""
+    check_size(family, size)
+    return Path(cache_dir) / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
+
+
 def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
     """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing."""
-    check_size(family, size)
     slots = build_slots()
-    cache_dir = Path(cache_dir)
-    folder = cache_dir / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
+    folder = checkpoint_folder(family, size, cache_dir, seed)
     if is_complete(folder):
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)

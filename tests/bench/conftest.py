@@ -4,7 +4,9 @@ Timings are synchronised with the GPU and measured in pedantic mode after warm-u
 extra_info carries its settings and peak VRAM, machine_info the GPU fingerprint and library versions.
 
 Started beside the rest of the GPU tier (.ci/gpu-run does), the session waits before its first test until the
-file $QLORA_HARNESS_START_AFTER exists: its imports and collection overlap the tier, its timings do not.
+file $QLORA_HARNESS_START_AFTER exists: its imports, collection and CUDA start overlap the tier, and it asks for
+the benchmark checkpoint's files to be read into the page cache meanwhile (the first, untimed load then reads
+them from memory, as the timed rounds do anyway); nothing it times overlaps the tier.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.measure import probe
+from harness.measure.matrix import BENCHMARK_CASE
 from harness.plugin import phases
 from harness.util import env
 
@@ -22,13 +25,24 @@ START_AFTER = "QLORA_HARNESS_START_AFTER"
 
 
 @pytest.fixture(scope="session", autouse=True)
-def gpu_to_ourselves():
+def gpu_to_ourselves(cache_dir):
     """Wait until the file $QLORA_HARNESS_START_AFTER exists (when set): the run's other GPU work is done."""
     path, start = os.environ.get(START_AFTER), time.perf_counter()
-    while path and not Path(path).exists():
+    if not path:
+        return
+    from harness.families import get_family
+    from harness.model import disk, synth
+
+    if env.has_cuda():
+        probe.warm_up()  # CUDA and cuBLAS start here, untimed
+    family, size, _ = BENCHMARK_CASE
+    folder, read_at = synth.checkpoint_folder(get_family(family), size, cache_dir), 0.0
+    while not Path(path).exists():
+        if time.monotonic() >= read_at and synth.is_complete(folder):
+            disk.read_ahead(folder)  # again every 30 s: the tier's own builds push pages out
+            read_at = time.monotonic() + 30
         time.sleep(0.5)
-    if path:
-        phases.add("waiting for the tier", time.perf_counter() - start)
+    phases.add("waiting for the tier", time.perf_counter() - start)
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

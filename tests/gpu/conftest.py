@@ -20,6 +20,7 @@ Checkpoints are built once per cache and evicted, least recently used first, whe
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -128,14 +129,20 @@ def _record_phases(profile) -> None:
     phases.add("measured steps", sum((s.step_time_ms or 0) + (s.warmup_time_ms or 0) for s in profile.steps) / 1000)
 
 
+@functools.cache
 def gpu_cases():
-    """Return pytest params (case, batch sizes) for the GPU matrix; a family this transformers lacks skips, saying why."""
-    out = []
-    for f, s, sizes in GPU_MATRIX:
-        case = pipeline.case(f, s, default_recipe(f))
-        why = case.family.unavailable()
-        out.append(pytest.param((case, sizes), id=case.id, marks=[pytest.mark.skip(reason=why)] if why else []))
-    return out
+    """Return pytest params (case, batch sizes) for the GPU matrix (built once per process: every test asks)."""
+    return [pytest.param((c, sizes), id=c.id)
+            for c, sizes in ((pipeline.case(f, s, default_recipe(f)), sizes) for f, s, sizes in GPU_MATRIX)]
+
+
+def pytest_runtest_setup(item):
+    # A family this transformers lacks, or whose classes do not import, skips with the reason: asked here, in the
+    # worker that runs the case, not at collection (importing 13 families' classes there cost each worker 10 s).
+    if "gpu_case" in _params(item):
+        why = _params(item)["gpu_case"][0].family.unavailable()
+        if why:
+            pytest.skip(why)
 
 
 def pytest_generate_tests(metafunc):
@@ -267,31 +274,41 @@ def _launched(run_folder, family: str, size: str):
     return run_folder / f"unsloth-{family}-{size}.launched.json"
 
 
+_HELD = []  # locks on the Unsloth cases' checkpoints, kept by the process that built them until it exits
+
+
 @pytest.fixture(scope="session", autouse=True)
 def unsloth_children(request, cache_dir, run_folder):
     """At each worker's first GPU test: the first process of the run starts every Unsloth child the run's tests
-    will wait for, in the background (the biggest case first, its checkpoint built and held for its children)."""
+    will wait for, in the background, before their checkpoints exist (the children import Unsloth meanwhile), then
+    builds those checkpoints, the biggest first, and holds them until it exits (the benchmarks read the biggest)."""
     from harness.measure import unsloth_backend
+    from harness.model import synth
     from harness.util.atomic import write_json
 
     wanted = sorted({c for c in map(unsloth_case_of, request.session.items) if c},
                     key=lambda c: -get_family(c[0]).published_params[c[1]])
     if not wanted or unsloth_backend.unavailable() or not shared.claim(run_folder, LAUNCH)[0]:
         return
+    started = {}
     for family, size in wanted:
         sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
-        case = pipeline.case(family, size, default_recipe(family))
+        folder = synth.checkpoint_folder(get_family(family), size, cache_dir)
         try:
-            with pipeline.reading(case, cache_dir, device="cuda") as folder:
-                lock = disk.hold(folder)  # the children inherit it: the checkpoint stays while the last one reads
-                try:
-                    stems = unsloth_backend.start(family, size, folder, sizes, run_folder, pass_fds=(lock,))
-                finally:
-                    disk.release(lock)
-            write_json(_launched(run_folder, family, size), {"stems": {k: str(v) for k, v in stems.items()},
-                                                              "started": time.time()})
+            stems = unsloth_backend.start(family, size, folder, sizes, run_folder, built=False)
         except Exception as e:  # noqa: BLE001 - the waiting tests report it
             write_json(_launched(run_folder, family, size), {"error": f"{type(e).__name__}: {e}"})
+            continue
+        started[(family, size)] = stems
+        write_json(_launched(run_folder, family, size), {"stems": {k: str(v) for k, v in stems.items()},
+                                                          "started": time.time()})
+    for (family, size), stems in started.items():
+        try:
+            with pipeline.reading(pipeline.case(family, size, default_recipe(family)), cache_dir, device="cuda") as f:
+                _HELD.append(disk.hold(f))  # from its build until the children hold it themselves, and after
+        except Exception as e:  # noqa: BLE001 - the children stop waiting and report it
+            for stem in stems.values():
+                unsloth_backend.abort_file(stem).write_text(f"{type(e).__name__}: {e}")
 
 
 @pytest.fixture(scope="session")
