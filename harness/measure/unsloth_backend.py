@@ -220,13 +220,11 @@ def abort_file(stem: Path) -> Path:
     return Path(stem).with_name(Path(stem).name + ".abort")
 
 
-def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, pass_fds=(),
-          built: bool = True) -> dict[str, Path]:
+def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, built: bool = True) -> dict[str, Path]:
     """Start the children of a case (one per part) in the background; return each part's job stem under folder.
 
     built=False: the checkpoint is still to be built; each child imports Unsloth, then waits for it and holds it
-    (abort_file(stem) stops the wait). pass_fds are inherited by every child: a shared lock on a built checkpoint
-    (harness.model.disk.hold) held that way lasts as long as the last child reading it.
+    (abort_file(stem) stops the wait). Otherwise the caller holds the checkpoint until the children are done.
     """
     from harness.util import jobs
 
@@ -236,7 +234,7 @@ def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, p
         abort_file(stem).unlink(missing_ok=True)
         cmd = command(family, size, checkpoint, batch_sizes, part, jobs.files(stem)[0],
                       None if built else abort_file(stem))
-        jobs.spawn(cmd, stem, env=child_env(), pass_fds=tuple(pass_fds))
+        jobs.spawn(cmd, stem, env=child_env())
         (stem.parent / f"{stem.name}.started").write_text(str(time.time()))
         stems[part] = stem
     return stems

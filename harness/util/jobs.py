@@ -30,15 +30,15 @@ def files(stem: Path) -> tuple[Path, Path, Path]:
     return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".log"), stem.with_name(stem.name + ".alive")
 
 
-def spawn(cmd: list[str], stem: Path, env: dict | None = None, pass_fds: tuple[int, ...] = ()) -> subprocess.Popen:
-    """Start cmd as the job `stem` (its output to the job's log); pass_fds are inherited (a reader's lock, say)."""
+def spawn(cmd: list[str], stem: Path, env: dict | None = None) -> subprocess.Popen:
+    """Start cmd as the job `stem`, its output to the job's log."""
     record, log, alive = files(stem)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
     alive.touch()  # the first beat: the job exists from now on
     environ = {**(os.environ if env is None else env), HEARTBEAT_ENV: str(alive)}
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ, pass_fds=pass_fds)
+        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
 
 
 def beat() -> None:

@@ -7,31 +7,24 @@ One full-size model is held at a time per process; it is freed before the next c
 Several processes may share one GPU (`pytest -m gpu -n 6`, as .ci/gpu-run does): memory figures are per process
 and relative to what the process held before the load, so each case measures the same as in a serial run.
 
-How a run spends its time (the GPU has room for several cases at once; the checkpoints are what is slow):
-- The tests of one checkpoint (its matrix case, its comparison variants, its held-out configurations) form one
-  xdist group (run with --dist loadgroup, as .ci/gpu-run does): the checkpoint is built and read in one worker,
-  and each profile is computed once per run (a second one, in another worker, fails the test, saying so).
-- Groups run longest first (their parameter count times their profiles), so no big group starts last.
-- The Unsloth children start in the background at the run's first test (harness.util.jobs), each case's
-  checkpoint built and held for them first; their tests, and the side-by-side table that needs them, run last
-  and only wait for the records.
-Checkpoints are built once per cache and evicted, least recently used first, when the disk needs room
+How a run spends its time: the tests of one checkpoint share a worker and groups go out costliest first
+(harness.plugin.schedule; run with --dist loadgroup, as .ci/gpu-run does), each profile is computed once per run
+(a second one, in another worker, fails the test, saying so), and the Unsloth children start in the background at
+the run's first test (harness.plugin.unsloth_runs): their tests, and the side-by-side table, run last and wait.
+Checkpoints are built a few at once per cache and evicted, least recently used first, when the disk needs room
 (harness.model.disk).
 """
 from __future__ import annotations
 
 import functools
-import json
 import os
-import time
 
 import pytest
 
-from harness.families import get_family
 from harness.measure import baselines, probe, variants
-from harness.measure.matrix import COMPARISONS, GPU_MATRIX, SIDE_BY_SIDE, UNSLOTH_CASES
+from harness.measure.matrix import COMPARISONS, GPU_MATRIX
 from harness.model import disk, pipeline
-from harness.plugin import phases, shared
+from harness.plugin import phases, schedule, shared, unsloth_runs
 from harness.recipe import default_recipe
 from harness.util import env, jobs
 from harness.util.units import parse_bytes
@@ -42,50 +35,10 @@ def pytest_configure(config):
         os.environ[jobs.WATCH_ENV] = str(os.getpid())  # background jobs stop when it is gone
 
 
-def _params(item) -> dict:
-    return item.callspec.params if hasattr(item, "callspec") else {}
-
-
-def unsloth_case_of(item) -> tuple[str, str] | None:
-    """Return the (family, size) whose Unsloth record a test waits for, or None."""
-    if not item.get_closest_marker("unsloth"):
-        return None
-    params = _params(item)
-    return tuple(params["record"][:2]) if "record" in params else SIDE_BY_SIDE[:2]
-
-
-def work_of(item) -> tuple[str, str, float] | None:
-    """Return (xdist group, profile, cost) of a GPU test: its checkpoint's group, the profile it needs and that
-    profile's cost (the checkpoint's published parameter count per profile); None for a test outside the groups."""
-    params = _params(item)
-    waits_for = unsloth_case_of(item)
-    if waits_for:
-        return f"unsloth-{waits_for[0]}-{waits_for[1]}", "unsloth", 0.0
-    if "gpu_case" in params:
-        case = params["gpu_case"][0]
-        family, size, profile, count = case.family.name, case.size, case.id, 1
-    elif "comparison_set" in params:
-        family, size, _, names = params["comparison_set"]
-        profile, count = f"comparison-{family}-{size}", len(names)
-    elif "config" in params and hasattr(params["config"], "case"):  # a held-out configuration
-        family, size, profile, count = params["config"].family, params["config"].size, params["config"].name, 1
-    elif item.get_closest_marker("checkpoint"):  # a test that builds its own case: @pytest.mark.checkpoint(f, s)
-        (family, size), profile, count = item.get_closest_marker("checkpoint").args, item.nodeid, 1
-    else:
-        return None
-    return f"checkpoint-{family}-{size}", profile, count * get_family(family).published_params[size]
-
-
-def xdist_group_of(item) -> str | None:
-    """Return the group whose tests must share a worker: one checkpoint's profiles, or one Unsloth case's waiters."""
-    work = work_of(item)
-    return work[0] if work else None
-
-
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = xdist_group_of(item) if "gpu" in str(item.fspath) else None
+        group = schedule.xdist_group_of(item) if "gpu" in str(item.fspath) else None
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
 
@@ -93,35 +46,10 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(wrapper=True, specname="pytest_collection_modifyitems")  # after every other plugin's ordering
 def pytest_order_longest_first(config, items):  # (pytest's own, by fixture parameter, included)
     result = yield
-    ordered = longest_first([i for i in items if "gpu" in str(i.fspath)])
+    ordered = schedule.longest_first([i for i in items if "gpu" in str(i.fspath)])
     slots = iter(ordered)
     items[:] = [next(slots) if "gpu" in str(i.fspath) else i for i in items]
     return result
-
-
-def longest_first(items: list) -> list:
-    """Return GPU tests in group order, the costliest group first and the Unsloth waiters last; within a group its
-    tests by profile, each profile's tests together and in their order, the waiting ones at the end."""
-    cost: dict[str, dict[str, float]] = {}
-    for item in items:
-        work = work_of(item)
-        if work:
-            cost.setdefault(work[0], {})[work[1]] = work[2]
-    total = {group: sum(profiles.values()) for group, profiles in cost.items()}
-    first_seen = {}
-    for index, item in enumerate(items):
-        work = work_of(item)
-        first_seen.setdefault((work[0], work[1]) if work else item.nodeid, index)
-
-    def key(pair):
-        index, item = pair
-        work = work_of(item)
-        if work is None:  # no group: after the groups, before the waiters
-            return (1, 0.0, "", index, index)
-        waiting = unsloth_case_of(item) is not None
-        return (2 if waiting else 0, -total[work[0]], work[0], first_seen[(work[0], work[1])], index)
-
-    return [item for _, item in sorted(enumerate(items), key=key)]
 
 
 def _record_phases(profile) -> None:
@@ -139,8 +67,9 @@ def gpu_cases():
 def pytest_runtest_setup(item):
     # A family this transformers lacks, or whose classes do not import, skips with the reason: asked here, in the
     # worker that runs the case, not at collection (importing 13 families' classes there cost each worker 10 s).
-    if "gpu_case" in _params(item):
-        why = _params(item)["gpu_case"][0].family.unavailable()
+    params = schedule.params_of(item)
+    if "gpu_case" in params:
+        why = params["gpu_case"][0].family.unavailable()
         if why:
             pytest.skip(why)
 
@@ -267,84 +196,25 @@ def baseline_problems(pytestconfig, cuda):
     return check
 
 
-LAUNCH = "unsloth-launch"  # claimed in the run folder by the process that starts the run's Unsloth children
-
-
-def _launched(run_folder, family: str, size: str):
-    return run_folder / f"unsloth-{family}-{size}.launched.json"
-
-
-_HELD = []  # locks on the Unsloth cases' checkpoints, kept by the process that built them until it exits
-
-
 @pytest.fixture(scope="session", autouse=True)
 def unsloth_children(request, cache_dir, run_folder):
     """At each worker's first GPU test: the first process of the run starts every Unsloth child the run's tests
-    will wait for, in the background, before their checkpoints exist (the children import Unsloth meanwhile), then
-    builds those checkpoints, the biggest first, and holds them until it exits (the benchmarks read the biggest)."""
-    from harness.measure import unsloth_backend
-    from harness.model import synth
-    from harness.util.atomic import write_json
-
-    wanted = sorted({c for c in map(unsloth_case_of, request.session.items) if c},
-                    key=lambda c: -get_family(c[0]).published_params[c[1]])
-    if not wanted or unsloth_backend.unavailable() or not shared.claim(run_folder, LAUNCH)[0]:
-        return
-    started = {}
-    for family, size in wanted:
-        sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
-        folder = synth.checkpoint_folder(get_family(family), size, cache_dir)
-        try:
-            stems = unsloth_backend.start(family, size, folder, sizes, run_folder, built=False)
-        except Exception as e:  # noqa: BLE001 - the waiting tests report it
-            write_json(_launched(run_folder, family, size), {"error": f"{type(e).__name__}: {e}"})
-            continue
-        started[(family, size)] = stems
-        write_json(_launched(run_folder, family, size), {"stems": {k: str(v) for k, v in stems.items()},
-                                                          "started": time.time()})
-    for (family, size), stems in started.items():
-        try:
-            with pipeline.reading(pipeline.case(family, size, default_recipe(family)), cache_dir, device="cuda") as f:
-                _HELD.append(disk.hold(f))  # from its build until the children hold it themselves, and after
-        except Exception as e:  # noqa: BLE001 - the children stop waiting and report it
-            for stem in stems.values():
-                unsloth_backend.abort_file(stem).write_text(f"{type(e).__name__}: {e}")
+    will wait for, in the background (harness.plugin.unsloth_runs)."""
+    unsloth_runs.launch([c for c in map(schedule.unsloth_case_of, request.session.items) if c], cache_dir, run_folder)
 
 
 @pytest.fixture(scope="session")
 def unsloth_profile_of(cuda, cache_dir, run_folder):
-    """Return a function (family, size) -> the Unsloth record of that case, run once per test run: the children
-    started in the background at the run's start, waited for; started here if nothing started them."""
-    from pathlib import Path
-
+    """Return a function (family, size) -> the Unsloth record of that case, once per test run: its children, started
+    at the run's start, waited for (started here if nothing started them)."""
     from harness.measure import unsloth_backend
 
     reason = unsloth_backend.unavailable()
     records = {}
 
     def collect(family: str, size: str) -> dict:
-        launched = _launched(run_folder, family, size)
-        start = time.perf_counter()
-        if shared.claim(run_folder, LAUNCH, take=False)[1]:  # launched, or being launched, by a process of the run
-            deadline = time.monotonic() + 900
-            while not launched.is_file() and time.monotonic() < deadline:
-                time.sleep(1)  # its checkpoint is being built
-        if launched.is_file():
-            info = json.loads(launched.read_text())
-            if "error" in info:
-                return {"case": f"{family}-{size}--unsloth", "error": f"starting its children failed: {info['error']}"}
-            stems = {k: Path(v) for k, v in info["stems"].items()}
-        else:  # nothing started it (the launch was skipped): start it here
-            sizes = next(b for f, s, b in UNSLOTH_CASES if (f, s) == (family, size))
-            case = pipeline.case(family, size, default_recipe(family))
-            with pipeline.reading(case, cache_dir, device="cuda") as folder:
-                stems = unsloth_backend.start(family, size, folder, sizes, run_folder)
-                record = unsloth_backend.collect(family, size, stems)
-            phases.add("unsloth", time.perf_counter() - start)
-            return record
-        record = unsloth_backend.collect(family, size, stems)
-        walls = [v for k, v in record.get("figures", {}).items() if k.endswith("child_wall_time_s")]
-        phases.add("unsloth", max(walls, default=time.perf_counter() - start))
+        record, seconds = unsloth_runs.collect(family, size, cache_dir, run_folder)
+        phases.add("unsloth", seconds)
         return record
 
     def run(family: str, size: str) -> dict:
