@@ -57,24 +57,21 @@ def xdist_group_of(item) -> str | None:
 
 def longest_first(items: list) -> list:
     """Return GPU tests in group order, the costliest group first and the Unsloth waiters last; within a group its
-    tests by profile, each profile's tests together and in their order, the waiting ones at the end."""
+    tests by profile, each profile's tests together and in their order; tests outside the groups before the waiters."""
+    works = [work_of(item) for item in items]
     cost: dict[str, dict[str, float]] = {}
-    for item in items:
-        work = work_of(item)
+    first_seen: dict[tuple[str, str], int] = {}
+    for index, work in enumerate(works):
         if work:
             cost.setdefault(work[0], {})[work[1]] = work[2]
+            first_seen.setdefault(work[:2], index)
     total = {group: sum(profiles.values()) for group, profiles in cost.items()}
-    first_seen = {}
-    for index, item in enumerate(items):
-        work = work_of(item)
-        first_seen.setdefault((work[0], work[1]) if work else item.nodeid, index)
 
-    def key(pair):
-        index, item = pair
-        work = work_of(item)
-        if work is None:  # no group: after the groups, before the waiters
+    def key(index: int) -> tuple:
+        work = works[index]
+        if work is None:
             return (1, 0.0, "", index, index)
-        waiting = unsloth_case_of(item) is not None
-        return (2 if waiting else 0, -total[work[0]], work[0], first_seen[(work[0], work[1])], index)
+        waiting = unsloth_case_of(items[index]) is not None
+        return (2 if waiting else 0, -total[work[0]], work[0], first_seen[work[:2]], index)
 
-    return [item for _, item in sorted(enumerate(items), key=key)]
+    return [items[i] for i in sorted(range(len(items)), key=key)]

@@ -35,19 +35,17 @@ def pytest_configure(config):
         os.environ[jobs.WATCH_ENV] = str(os.getpid())  # background jobs stop when it is gone
 
 
-@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
+@pytest.hookimpl(wrapper=True)
 def pytest_collection_modifyitems(config, items):
-    for item in items:
-        group = schedule.xdist_group_of(item) if "gpu" in str(item.fspath) else None
+    # Before every other plugin (pytest-xdist reads the xdist_group marks there): each GPU test's group. After
+    # them all (pytest's own ordering by fixture parameter included): the groups in schedule order.
+    gpu = [i for i in items if "gpu" in str(i.fspath)]
+    for item in gpu:
+        group = schedule.xdist_group_of(item)
         if group and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(group))
-
-
-@pytest.hookimpl(wrapper=True, specname="pytest_collection_modifyitems")  # after every other plugin's ordering
-def pytest_order_longest_first(config, items):  # (pytest's own, by fixture parameter, included)
     result = yield
-    ordered = schedule.longest_first([i for i in items if "gpu" in str(i.fspath)])
-    slots = iter(ordered)
+    slots = iter(schedule.longest_first([i for i in items if "gpu" in str(i.fspath)]))
     items[:] = [next(slots) if "gpu" in str(i.fspath) else i for i in items]
     return result
 

@@ -281,3 +281,29 @@ def test_an_unsloth_child_whose_checkpoint_failed_to_build_says_why(tmp_path):
 
     with pytest.raises(HarnessError, match="the checkpoint qwen2.5-0.5b-0123 was not built: OSError: No space left"):
         unsloth_backend.wait_for_checkpoint(tmp_path / "qwen2.5-0.5b-0123", abort, timeout_s=60, poll_s=0.2)
+
+
+NO_SMOLVLM = """
+from harness.families import base
+
+_real = base.FamilySpec.unavailable
+
+
+def pytest_configure(config):  # this environment cannot build SmolVLM (as 4.57 without torchvision)
+    base.FamilySpec.unavailable = lambda self: ("smolvlm: cannot import SmolVLMProcessor here" if self.name == "smolvlm"
+                                                else _real(self))
+"""
+
+
+def test_a_gpu_matrix_family_this_environment_lacks_skips_at_setup_with_its_reason(tmp_path):
+    # asked at setup, not at collection (where it cost each H200 worker 10 s): without the setup hook the case
+    # would go on to build and load on a GPU, and here it would skip only for the missing GPU
+    (tmp_path / "no_smolvlm.py").write_text(NO_SMOLVLM)
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root), os.environ.get("PYTHONPATH", "")])}
+    out = subprocess.run([sys.executable, "-m", "pytest", "tests/gpu/test_full_size.py", "-m", "gpu", "-k",
+                          "smolvlm or qwen3-0.6b", "-rs", "-q", "-p", "no:cacheprovider", "-p", "no_smolvlm"],
+                         cwd=root, env=env, capture_output=True, text=True, timeout=300)
+
+    assert "SKIPPED [4] tests/gpu/conftest.py" in out.stdout and "cannot import SmolVLMProcessor here" in out.stdout, \
+        out.stdout + out.stderr
