@@ -75,6 +75,44 @@ def warm_up() -> None:
     torch.cuda.synchronize()
 
 
+def holes(snapshot: list[dict], device: int, stream: int) -> list[int]:
+    """Return the sizes of the free blocks, largest first, that the caching allocator keeps inside its large-pool
+    segments still holding a live block on this device and stream (torch.cuda.memory_snapshot()): what earlier work
+    left behind and empty_cache cannot give back (a wholly free segment it does give back).
+
+    Only the large pool (blocks over 1 MiB) counts a block taken from a hole differently from one taken from a new
+    segment; the small pool splits off any remainder of 512 bytes or more, so where a small block lands changes no
+    figure. (A small-pool hole could not be plugged anyway: a request over 1 MiB goes to the large pool.)"""
+    return sorted((block["size"] for segment in snapshot
+                   if segment["device"] == device and segment["stream"] == stream and segment["allocated_size"] > 0
+                   and segment.get("segment_type") == "large"
+                   for block in segment["blocks"] if block["state"] == "inactive"), reverse=True)
+
+
+class Plugged(list):
+    """The tensors filling a process's holes (plug_holes); free them (clear()) when the case is done."""
+
+    @property
+    def bytes(self) -> int:
+        return sum(t.numel() for t in self)
+
+
+def plug_holes() -> Plugged:
+    """Fill every hole the process's earlier cases left in the caching allocator (holes()) with a tensor of its size,
+    and return them: until they are freed, what a case allocates comes from new segments, split as in a fresh
+    process, whatever ran here before. Without it a figure depends on the process's history: a block taken from a
+    hole is counted whole when what is left of the hole is too small to split off (1 MiB or less), so a case
+    measured after others can read up to a MiB more per allocation than the same case measured first, or alone.
+    Each plug is a hole's exact size, so the allocator's best fit puts it in that hole (or one of the same size).
+    The holes are reserved memory either way; plugging them changes no reserved figure and no budget."""
+    import torch
+
+    release()
+    device, stream = torch.cuda.current_device(), torch.cuda.current_stream().cuda_stream
+    return Plugged(torch.empty(size, dtype=torch.uint8, device="cuda")
+                   for size in holes(torch.cuda.memory_snapshot(), device, stream))
+
+
 def static_memory() -> dict:
     """Return the GPU memory held now: allocated and reserved bytes."""
     import torch

@@ -78,8 +78,8 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
     recipe = case.recipe
     with pipeline.reading(case, cache_dir, device=device) as folder:
         probe.warm_up()
-        probe.release()
-        before = probe.static_memory()  # cuBLAS workspaces and what earlier cases left: not this model's
+        plugs = probe.plug_holes()  # what earlier cases left: this case's figures as if it ran first
+        before = probe.static_memory()  # cuBLAS workspaces, what earlier cases left and the plugs: not this model's
         start = time.perf_counter()
         model = load.load_model(folder, case.family, recipe, device=device)
         load_time_s = time.perf_counter() - start
@@ -103,7 +103,8 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
         "fp32_upcast_bytes": upcast,
         "adapter_bytes": with_adapters["allocated_bytes"] - static["allocated_bytes"],
         "load_time_s": load_time_s,
-        "process_baseline_allocated_bytes": before["allocated_bytes"],
+        "process_baseline_allocated_bytes": before["allocated_bytes"] - plugs.bytes,
+        "process_holes_bytes": plugs.bytes,
         "checkpointing_layers": len(checkpointing.enabled_layers(model)),
     }
     steps = []
@@ -122,5 +123,6 @@ def profile_case(case: pipeline.Case, batch_sizes, cache_dir: Path, device: str 
     result = Profile(case, folder, report.violations(recipe), report.trainable_params, expected,
                      bool(base.is_gradient_checkpointing), figures, steps)
     del model, base
+    plugs.clear()
     probe.release()
     return result

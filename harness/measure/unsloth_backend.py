@@ -220,11 +220,13 @@ def abort_file(stem: Path) -> Path:
     return Path(stem).with_name(Path(stem).name + ".abort")
 
 
-def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, built: bool = True) -> dict[str, Path]:
+def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, built: bool = True,
+          nice: dict[str, int] | None = None) -> dict[str, Path]:
     """Start the children of a case (one per part) in the background; return each part's job stem under folder.
 
     built=False: the checkpoint is still to be built; each child imports Unsloth, then waits for it and holds it
     (abort_file(stem) stops the wait). Otherwise the caller holds the checkpoint until the children are done.
+    nice: by part, how much lower than this process's CPU priority the child runs (harness.util.priority).
     """
     from harness.util import jobs
 
@@ -234,7 +236,7 @@ def start(family: str, size: str, checkpoint: Path, batch_sizes, folder: Path, b
         abort_file(stem).unlink(missing_ok=True)
         cmd = command(family, size, checkpoint, batch_sizes, part, jobs.files(stem)[0],
                       None if built else abort_file(stem))
-        jobs.spawn(cmd, stem, env=child_env())
+        jobs.spawn(cmd, stem, env=child_env(), nice=(nice or {}).get(part, 0))
         (stem.parent / f"{stem.name}.started").write_text(str(time.time()))
         stems[part] = stem
     return stems

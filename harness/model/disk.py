@@ -146,10 +146,13 @@ def unreserve(where: Path, name: str, fd: int) -> None:
 
 
 @contextmanager
-def build_slot(where: Path, slots: int, poll_s: float = 0.2) -> Iterator[int]:
-    """Hold one of `slots` build slots at `where` while the block runs, waiting for one to be free; yield its number."""
+def build_slot(where: Path, slots: int, poll_s: float = 0.2, extra: int = 0) -> Iterator[int]:
+    """Hold one of `slots` build slots at `where` while the block runs, waiting for one to be free; yield its number.
+
+    extra: slots past those this build may take too (a build the run's longest process waits for need not queue
+    behind the others)."""
     while True:
-        for slot in range(slots):
+        for slot in range(slots + extra):
             fd = os.open(Path(where) / SLOT.format(slot), os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -64,13 +64,13 @@ def checkpoint_of(c: Case, cache_dir: Path, device: str = "cpu") -> Path:
 
 
 @contextmanager
-def reading(c: Case, cache_dir: Path, device: str = "cpu"):
+def reading(c: Case, cache_dir: Path, device: str = "cpu", urgent: bool = False):
     """Yield the checkpoint folder of a case, kept on disk while the caller reads it (synthetic ones can be
-    evicted by other processes to make room: harness.model.disk)."""
+    evicted by other processes to make room: harness.model.disk); urgent: harness.model.synth.synthetic_checkpoint."""
     if c.checkpoint is not None:
         yield load.resolve_checkpoint(c.checkpoint)
         return
-    with synth.reading(c.family, c.size, cache_dir, device=device) as folder:
+    with synth.reading(c.family, c.size, cache_dir, device=device, urgent=urgent) as folder:
         yield folder
 
 

@@ -140,8 +140,12 @@ def checkpoint_folder(family: FamilySpec, size: str, cache_dir: Path, seed: int 
     return Path(cache_dir) / "checkpoints" / f"{family.name}-{size}-{checkpoint_key(family, size, seed)}"
 
 
-def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu") -> Path:
-    """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing."""
+def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu",
+                         urgent: bool = False) -> Path:
+    """Return the folder of a synthetic checkpoint, building it once (file lock, atomic rename) if missing.
+
+    urgent: the run's longest process waits for it: built in a slot of its own beside the others' (harness.model.disk)
+    """
     slots = build_slots()
     folder = checkpoint_folder(family, size, cache_dir, seed)
     if is_complete(folder):
@@ -150,16 +154,17 @@ def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: i
     with FileLock(str(folder) + ".lock"):
         if not is_complete(folder):  # another worker may have built it while we waited
             _sweep(folder)
-            _build_beside_others(family, size, folder, seed, device, slots)
+            _build_beside_others(family, size, folder, seed, device, slots, extra=int(urgent))
     return folder
 
 
-def _build_beside_others(family: FamilySpec, size: str, folder: Path, seed: int, device: str, slots: int) -> None:
+def _build_beside_others(family: FamilySpec, size: str, folder: Path, seed: int, device: str, slots: int,
+                         extra: int = 0) -> None:
     # Up to `slots` builds of one cache run at once. Only the room accounting is one at a time (ROOM_LOCK): evict
     # until the disk holds this build beside what the builds in progress will still write, reserve that, go.
     checkpoints, needed = folder.parent, weight_bytes(family, size)
     asked = time.perf_counter()
-    with disk.build_slot(checkpoints, slots):
+    with disk.build_slot(checkpoints, slots, extra=extra):
         started, start = time.time(), time.perf_counter()
         with staged_folder(folder) as stage:
             with FileLock(str(checkpoints / ROOM_LOCK)):
@@ -171,17 +176,19 @@ def _build_beside_others(family: FamilySpec, size: str, folder: Path, seed: int,
             finally:
                 disk.unreserve(checkpoints, folder.name, reservation)
         _log_build(folder, {"started": started, "seconds": time.perf_counter() - start, "waited_s": waited_s,
+                            "urgent": bool(extra),
                             "bytes": disk.folder_bytes(folder), **phases})
 
 
 @contextmanager
-def reading(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu"):
+def reading(family: FamilySpec, size: str, cache_dir: Path, seed: int = 0, device: str = "cpu", urgent: bool = False):
     """Yield the folder of a synthetic checkpoint, held against eviction while the caller reads it.
 
-    Built if missing; rebuilt if another process evicted it between the lookup and the lock.
+    Built if missing (urgent: as synthetic_checkpoint says); rebuilt if another process evicted it between the lookup
+    and the lock.
     """
     while True:
-        folder = synthetic_checkpoint(family, size, cache_dir, seed, device)
+        folder = synthetic_checkpoint(family, size, cache_dir, seed, device, urgent)
         lock = disk.hold(folder)
         if lock is None:
             continue  # evicted by another process before the lock was taken: build it again

@@ -2,8 +2,11 @@
 
 A GPU run's time goes to building and reading full-size checkpoints and to the Unsloth children, not to the
 measurements; so:
-- the tests of one checkpoint (its matrix case, its comparison variants, its held-out configurations, tests marked
+- the tests of one checkpoint (its matrix case, its held-out configurations, tests marked
   `@pytest.mark.checkpoint(family, size)`) form one xdist group: the checkpoint is built and read in one worker;
+  its comparison variants form a group of their own (a comparison profiles up to six variants, one after the other:
+  beside the rest of its checkpoint's tests it made the run's longest lane; a second worker reading the same
+  checkpoint reads it from the page cache);
 - groups go out costliest first (the checkpoint's published parameter count times its profiles), so no big group
   starts last, and the tests that only wait for an Unsloth record (its children run in the background) go last.
 tests/gpu/conftest.py applies it; `--dist loadgroup` keeps the groups (harness.plugin.gpus keeps their order).
@@ -28,8 +31,9 @@ def unsloth_case_of(item) -> tuple[str, str] | None:
 
 
 def work_of(item) -> tuple[str, str, float] | None:
-    """Return (xdist group, profile, cost) of a GPU test: its checkpoint's group, the profile it needs and that
-    profile's cost (the checkpoint's published parameter count per profile); None for a test outside the groups."""
+    """Return (xdist group, profile, cost) of a GPU test: its checkpoint's group (or its comparison's), the profile it
+    needs and that profile's cost (the checkpoint's published parameter count per profile); None for a test outside
+    the groups."""
     params = params_of(item)
     waits_for = unsloth_case_of(item)
     if waits_for:
@@ -39,7 +43,8 @@ def work_of(item) -> tuple[str, str, float] | None:
         family, size, profile, count = case.family.name, case.size, case.id, 1
     elif "comparison_set" in params:
         family, size, _, names = params["comparison_set"]
-        profile, count = f"comparison-{family}-{size}", len(names)
+        profile = f"comparison-{family}-{size}"
+        return profile, profile, len(names) * get_family(family).published_params[size]
     elif "config" in params and hasattr(params["config"], "case"):  # a held-out configuration
         family, size, profile, count = params["config"].family, params["config"].size, params["config"].name, 1
     elif item.get_closest_marker("checkpoint"):  # a test that builds its own case: @pytest.mark.checkpoint(f, s)
@@ -50,7 +55,8 @@ def work_of(item) -> tuple[str, str, float] | None:
 
 
 def xdist_group_of(item) -> str | None:
-    """Return the group whose tests must share a worker: one checkpoint's profiles, or one Unsloth case's waiters."""
+    """Return the group whose tests must share a worker: one checkpoint's profiles, one comparison's variants, or one
+    Unsloth case's waiters."""
     work = work_of(item)
     return work[0] if work else None
 

@@ -6,6 +6,11 @@ checkpoint exists: they import Unsloth (about a minute beside the other workers 
 started them builds the checkpoint, then wait for its folder and hold it while they read. The starting process
 holds it too, from its build until it exits, so no other build evicts it in between (and the benchmarks, which
 read the biggest case, find it). Jobs, heartbeats and records: harness.util.jobs, in the run's folder.
+
+In a parallel run the biggest case's steps child is the run's longest process, and CPU-bound where the workers are
+not (it imports Unsloth, then compiles a step per new shape): it keeps the CPU priority it was started with and its
+checkpoint is built first, in a build slot of its own; the other children, and every worker from its first test on,
+yield theirs (harness.util.priority).
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ from harness.measure import unsloth_backend
 from harness.measure.matrix import UNSLOTH_CASES
 from harness.model import disk, pipeline, synth
 from harness.recipe import default_recipe
+from harness.util import env, priority
 from harness.util.atomic import write_json
 
 from . import shared
@@ -39,25 +45,36 @@ def batch_sizes(family: str, size: str) -> tuple[int, ...]:
 def launch(cases, cache_dir: Path, run_folder: Path) -> bool:
     """Start the children of every (family, size) in cases unless a process of the run has: first all children,
     the biggest case first, then the checkpoints, built and held in that order. Return whether this call started
-    them. A child whose checkpoint fails to build is told why (its abort file) and reports it."""
+    them. A child whose checkpoint fails to build is told why (its abort file) and reports it. In a parallel run
+    the calling worker yields CPU priority from here on, whoever started the children (the module's docstring)."""
     wanted = sorted(set(cases), key=lambda c: -get_family(c[0]).published_params[c[1]])
-    if not wanted or unsloth_backend.unavailable() or not shared.claim(run_folder, LAUNCH)[0]:
+    if not wanted or unsloth_backend.unavailable():
+        return False
+    parallel = env.gpu_workers() > 1
+    if not shared.claim(run_folder, LAUNCH)[0]:
+        if parallel:
+            priority.lower()
         return False
     started = {}
     for family, size in wanted:
         folder = synth.checkpoint_folder(get_family(family), size, cache_dir)
+        nice = {part: 0 if (family, size, part) == (*wanted[0], "steps") or not parallel else priority.YIELD_NICE
+                for part in unsloth_backend.PARTS}
         try:
-            stems = unsloth_backend.start(family, size, folder, batch_sizes(family, size), run_folder, built=False)
+            stems = unsloth_backend.start(family, size, folder, batch_sizes(family, size), run_folder, built=False,
+                                          nice=nice)
         except Exception as e:  # noqa: BLE001 - the waiting tests report it
             write_json(launched_file(run_folder, family, size), {"error": f"{type(e).__name__}: {e}"})
             continue
         started[(family, size)] = stems
         write_json(launched_file(run_folder, family, size),
-                   {"stems": {part: str(stem) for part, stem in stems.items()}, "started": time.time()})
+                   {"stems": {part: str(stem) for part, stem in stems.items()}, "nice": nice, "started": time.time()})
+    if parallel:
+        priority.lower()
     for (family, size), stems in started.items():
         try:
             case = pipeline.case(family, size, default_recipe(family))
-            with pipeline.reading(case, cache_dir, device="cuda") as folder:
+            with pipeline.reading(case, cache_dir, device="cuda", urgent=(family, size) == wanted[0]) as folder:
                 _held.append(disk.hold(folder))  # from its build until the children hold it themselves, and after
         except Exception as e:  # noqa: BLE001 - the children stop waiting and report it
             for stem in stems.values():

@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from harness.util import priority
 from harness.util.errors import HarnessError
 
 HEARTBEAT_ENV = "QLORA_HARNESS_JOB_HEARTBEAT"  # set for the child: the file it touches
@@ -30,15 +31,19 @@ def files(stem: Path) -> tuple[Path, Path, Path]:
     return stem.with_name(stem.name + ".json"), stem.with_name(stem.name + ".log"), stem.with_name(stem.name + ".alive")
 
 
-def spawn(cmd: list[str], stem: Path, env: dict | None = None) -> subprocess.Popen:
-    """Start cmd as the job `stem`, its output to the job's log."""
+def spawn(cmd: list[str], stem: Path, env: dict | None = None, nice: int = 0) -> subprocess.Popen:
+    """Start cmd as the job `stem`, its output to the job's log; nice > 0 lowers its CPU priority by that much
+    (harness.util.priority), before it has started a thread of its own."""
     record, log, alive = files(stem)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)
     alive.touch()  # the first beat: the job exists from now on
     environ = {**(os.environ if env is None else env), HEARTBEAT_ENV: str(alive)}
     with open(log, "w") as out:
-        return subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+        process = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=environ)
+    if nice > 0:
+        priority.lower(nice, process.pid)
+    return process
 
 
 def beat() -> None:

@@ -23,18 +23,18 @@ def _slow_build(family, size, out, seed, device):
     (out / synth.MARKER).write_text("{}")
 
 
-def _build_after(barrier, cache, seed):
+def _build_after(barrier, cache, seed, urgent):
     family = get_family("qwen2.5")
     synth.weight_bytes(family, "tiny")  # transformers imported before the race starts, not during it
     synth._build = _slow_build
     barrier.wait(120)
-    synth.synthetic_checkpoint(family, "tiny", cache, seed=seed)
+    synth.synthetic_checkpoint(family, "tiny", cache, seed=seed, urgent=urgent)
 
 
-def _two_builds(cache):
+def _two_builds(cache, urgent=(False, False)):
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters, as pytest-xdist workers are
     barrier = spawn.Barrier(2)
-    workers = [spawn.Process(target=_build_after, args=(barrier, cache, seed)) for seed in (0, 1)]
+    workers = [spawn.Process(target=_build_after, args=(barrier, cache, seed, urgent[seed])) for seed in (0, 1)]
     for w in workers:
         w.start()
     for w in workers:
@@ -60,6 +60,18 @@ def test_with_one_build_at_a_time_the_second_waits_for_the_first(tmp_path, monke
 
     assert second["started"] >= first["at"]
     assert second["waited_s"] > BUILD_S / 2
+
+
+def test_an_urgent_build_does_not_wait_for_a_slot(tmp_path, monkeypatch):
+    # the build the run's longest process waits for (harness.plugin.unsloth_runs): beside the others, not after them;
+    # the test above is the same two builds without it
+    monkeypatch.setenv(synth.BUILDS_ENV, "1")
+
+    first, second = _two_builds(tmp_path, urgent=(False, True))
+
+    assert second["started"] < first["at"]
+    assert sorted(b["urgent"] for b in (first, second)) == [False, True]
+    assert first["waited_s"] < BUILD_S and second["waited_s"] < BUILD_S
 
 
 def test_the_build_log_says_where_the_time_went(tmp_path):

@@ -163,7 +163,7 @@ def pytest_collection_finish(session):
 """
 
 
-def test_the_gpu_tier_runs_its_costliest_checkpoint_first_each_group_together_and_the_waiters_last(tmp_path):
+def test_the_gpu_tier_runs_its_costliest_group_first_each_group_together_and_the_waiters_last(tmp_path):
     (tmp_path / "show_groups.py").write_text(SHOW_GROUPS)
     root = Path(__file__).resolve().parents[2]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(root), os.environ.get("PYTHONPATH", "")])}
@@ -175,7 +175,8 @@ def test_the_gpu_tier_runs_its_costliest_checkpoint_first_each_group_together_an
 
     runs = [g for i, g in enumerate(groups) if i == 0 or groups[i - 1] != g]  # each group once: together
     assert len(runs) == len(set(runs)), runs
-    assert runs[0] == "checkpoint-qwen2.5-vl-7b"  # its matrix case and six comparison variants: the costliest
+    assert runs[:2] == ["comparison-qwen2.5-vl-7b", "comparison-qwen2.5-7b"]  # six and three variants: the costliest
+    assert runs.index("checkpoint-qwen2.5-vl-7b") < runs.index("checkpoint-qwen2.5-0.5b")  # its matrix case, the fit
     waiting = [g for g in runs if g.startswith("unsloth-")]
     assert waiting == runs[-len(waiting):] and len(waiting) == 2  # the Unsloth waiters, last
     assert "-" not in runs[:-len(waiting)] or runs.index("-") > runs.index("checkpoint-qwen2.5-0.5b")
