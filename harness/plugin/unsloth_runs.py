@@ -55,10 +55,10 @@ def launch(cases, cache_dir: Path, run_folder: Path) -> bool:
         if parallel:
             priority.lower()
         return False
-    started = {}
+    started, longest = {}, (*wanted[0], "steps")  # the run's longest process keeps its priority
     for family, size in wanted:
         folder = synth.checkpoint_folder(get_family(family), size, cache_dir)
-        nice = {part: 0 if (family, size, part) == (*wanted[0], "steps") or not parallel else priority.YIELD_NICE
+        nice = {part: priority.YIELD_NICE if parallel and (family, size, part) != longest else 0
                 for part in unsloth_backend.PARTS}
         try:
             stems = unsloth_backend.start(family, size, folder, batch_sizes(family, size), run_folder, built=False,

@@ -44,28 +44,22 @@ def gpu_to_ourselves(cache_dir) -> dict:
             disk.read_ahead(folder)  # again every 30 s: the tier's own builds push pages out
             read_at = time.monotonic() + 30
             if not done["model_loaded"] and env.has_cuda():
-                done["model_loaded"] = _load_once(folder)
+                _load_once(cache_dir)
+                done["model_loaded"] = True
         time.sleep(0.5)
     phases.add("waiting for the tier", time.perf_counter() - start)
     return done
 
 
-def _load_once(folder: Path) -> bool:
-    """Load the benchmark model from folder and free it, holding the folder meanwhile; False if it was evicted."""
-    from harness.model import disk, load, pipeline
+def _load_once(cache_dir: Path) -> None:
+    """Load the benchmark model (its checkpoint held meanwhile) and free it."""
+    from harness.model import pipeline
     from harness.recipe import default_recipe
 
-    lock = disk.hold(folder)
-    if lock is None:
-        return False
-    try:
-        case = pipeline.case(BENCHMARK_CASE[0], BENCHMARK_CASE[1], default_recipe(BENCHMARK_CASE[0]))
-        model = load.load_model(folder, case.family, case.recipe, device="cuda")
-        del model
-        probe.release()
-        return True
-    finally:
-        disk.release(lock)
+    _, model = pipeline.load_base(pipeline.case(*BENCHMARK_CASE[:2], default_recipe(BENCHMARK_CASE[0])), cache_dir,
+                                  device="cuda")
+    del model
+    probe.release()
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

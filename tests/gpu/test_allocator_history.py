@@ -5,9 +5,8 @@ parallel one read the same figures.
 The stand-in for a case is a model's load: tensors of the sizes a 4-bit checkpoint holds, allocated in order. The
 stand-in for the cases before it: tensors of random sizes, most of them freed again, the rest left alive (what a
 model, its optimizer and the caches of the libraries leave in a long-lived process)."""
+import multiprocessing
 import random
-import subprocess
-import sys
 
 import pytest
 
@@ -40,22 +39,21 @@ def earlier_cases(seed: int) -> list:
     return [t for t in made if rng.random() < 0.2]
 
 
-FRESH = f"""
-import torch
-from harness.measure import probe
-torch.empty(1, device="cuda")
-plugs = probe.plug_holes()  # as a case measured first in a process is
-before = torch.cuda.memory_allocated()
-tensors = [torch.empty(n, dtype=torch.uint8, device="cuda") for n in {LOAD!r}]
-print(torch.cuda.memory_allocated() - before)
-"""
+def read_in_a_fresh_process() -> int:
+    """In a process of its own (multiprocessing's spawn): the load's allocated bytes, plugged as a first case is."""
+    import torch
+
+    torch.empty(1, device="cuda")
+    plugs = probe.plug_holes()
+    added = allocated_by_a_load()
+    plugs.clear()
+    return added
 
 
 @pytest.fixture(scope="module")
 def in_a_fresh_process(cuda) -> int:
-    out = subprocess.run([sys.executable, "-c", FRESH], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    return int(out.stdout.split()[-1])
+    with multiprocessing.get_context("spawn").Pool(1) as pool:  # a fresh interpreter, as tests/tool/test_builds.py
+        return pool.apply(read_in_a_fresh_process)
 
 
 @pytest.fixture(scope="module")
