@@ -150,9 +150,10 @@ def build_slot(where: Path, slots: int, poll_s: float = 0.2, extra: int = 0) -> 
     """Hold one of `slots` build slots at `where` while the block runs, waiting for one to be free; yield its number.
 
     extra: slots past those this build may take too (a build the run's longest process waits for need not queue
-    behind the others)."""
+    behind the others). It tries those first: taking a shared slot would make the next ordinary build queue behind it."""
+    order = [*range(slots, slots + extra), *range(slots)]
     while True:
-        for slot in range(slots + extra):
+        for slot in order:
             fd = os.open(Path(where) / SLOT.format(slot), os.O_RDONLY | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

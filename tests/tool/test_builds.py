@@ -23,18 +23,20 @@ def _slow_build(family, size, out, seed, device):
     (out / synth.MARKER).write_text("{}")
 
 
-def _build_after(barrier, cache, seed, urgent):
+def _build_after(barrier, cache, seed, urgent, delay_s):
     family = get_family("qwen2.5")
     synth.weight_bytes(family, "tiny")  # transformers imported before the race starts, not during it
     synth._build = _slow_build
     barrier.wait(120)
+    time.sleep(delay_s)
     synth.synthetic_checkpoint(family, "tiny", cache, seed=seed, urgent=urgent)
 
 
-def _two_builds(cache, urgent=(False, False)):
+def _two_builds(cache, urgent=(False, False), delay_s=(0.0, 0.0)):
     spawn = multiprocessing.get_context("spawn")  # fresh interpreters, as pytest-xdist workers are
     barrier = spawn.Barrier(2)
-    workers = [spawn.Process(target=_build_after, args=(barrier, cache, seed, urgent[seed])) for seed in (0, 1)]
+    workers = [spawn.Process(target=_build_after, args=(barrier, cache, seed, urgent[seed], delay_s[seed]))
+               for seed in (0, 1)]
     for w in workers:
         w.start()
     for w in workers:
@@ -62,12 +64,16 @@ def test_with_one_build_at_a_time_the_second_waits_for_the_first(tmp_path, monke
     assert second["waited_s"] > BUILD_S / 2
 
 
-def test_an_urgent_build_does_not_wait_for_a_slot(tmp_path, monkeypatch):
-    # the build the run's longest process waits for (harness.plugin.unsloth_runs): beside the others, not after them;
-    # the test above is the same two builds without it
+@pytest.mark.parametrize("arrives_first", ["ordinary", "urgent"])
+def test_an_urgent_build_and_an_ordinary_one_do_not_wait_for_each_other(tmp_path, monkeypatch, arrives_first):
+    # the build the run's longest process waits for (harness.plugin.unsloth_runs): beside the others, not after them,
+    # and not in their slot either (arriving first, it would make the ordinary build queue behind it); the test
+    # above is the same two builds without it
     monkeypatch.setenv(synth.BUILDS_ENV, "1")
+    late = BUILD_S / 4
 
-    first, second = _two_builds(tmp_path, urgent=(False, True))
+    first, second = _two_builds(tmp_path, urgent=(False, True),
+                                delay_s=(late, 0.0) if arrives_first == "urgent" else (0.0, late))
 
     assert second["started"] < first["at"]
     assert sorted(b["urgent"] for b in (first, second)) == [False, True]
