@@ -160,8 +160,9 @@ def synthetic_checkpoint(family: FamilySpec, size: str, cache_dir: Path, seed: i
 
 def _build_beside_others(family: FamilySpec, size: str, folder: Path, seed: int, device: str, slots: int,
                          extra: int = 0) -> None:
-    # Up to `slots` builds of one cache run at once. Only the room accounting is one at a time (ROOM_LOCK): evict
-    # until the disk holds this build beside what the builds in progress will still write, reserve that, go.
+    # Up to `slots` builds of one cache run at once, and `extra` more urgent ones (harness.model.disk.build_slot).
+    # Only the room accounting is one at a time (ROOM_LOCK): evict until the disk holds this build beside what the
+    # builds in progress will still write, reserve that, go.
     checkpoints, needed = folder.parent, weight_bytes(family, size)
     asked = time.perf_counter()
     with disk.build_slot(checkpoints, slots, extra=extra):

@@ -33,7 +33,8 @@ def files(stem: Path) -> tuple[Path, Path, Path]:
 
 def spawn(cmd: list[str], stem: Path, env: dict | None = None, nice: int = 0) -> subprocess.Popen:
     """Start cmd as the job `stem`, its output to the job's log; nice > 0 lowers its CPU priority by that much
-    (harness.util.priority), before it has started a thread of its own."""
+    (harness.util.priority) as soon as it has started: every thread it has by then, and those started afterwards
+    follow their creator's."""
     record, log, alive = files(stem)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.unlink(missing_ok=True)

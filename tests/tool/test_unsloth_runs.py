@@ -59,7 +59,7 @@ def test_in_a_parallel_run_the_biggest_steps_child_keeps_the_cpu_and_the_rest_yi
     assert not unsloth_runs.launch([("qwen2.5", "0.5b"), ("qwen2.5-vl", "7b")], tmp_path / "cache", run)  # worker 2
 
     assert niceness == {("qwen2.5-vl", "7b", "steps"): 0, ("qwen2.5-vl", "7b", "generation"): 5,
-                                ("qwen2.5", "0.5b", "steps"): 5, ("qwen2.5", "0.5b", "generation"): 5}
+                        ("qwen2.5", "0.5b", "steps"): 5, ("qwen2.5", "0.5b", "generation"): 5}
     assert events == ["start qwen2.5-vl-7b (waits for its checkpoint)", "start qwen2.5-0.5b (waits for its checkpoint)",
                       "this process yields", "build qwen2.5-vl-7b (urgent)", "build qwen2.5-0.5b",
                       "this process yields"]
